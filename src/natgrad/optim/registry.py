@@ -83,3 +83,44 @@ def resolve_hyperparameters(spec: OptimizerSpec, overrides: dict) -> dict[str, H
         )
     values.update(overrides)
     return values
+
+
+def parse_assignments(spec: OptimizerSpec, assignments: list[str]) -> dict[str, HyperValue]:
+    """Turn ``["lr=0.1", "schedule=cosine"]`` into typed values by each default's type.
+
+    Unknown names and malformed assignments raise ValueError listing what is allowed.
+    """
+    defaults = spec.defaults()
+    parsed: dict[str, HyperValue] = {}
+    for assignment in assignments:
+        name, separator, text = assignment.partition("=")
+        name = name.strip()
+        if not separator or not name:
+            raise ValueError(f"expected NAME=VALUE, got {assignment!r}")
+        if name not in defaults:
+            valid = ", ".join(sorted(defaults))
+            raise ValueError(
+                f"unknown hyperparameter {name!r} for optimizer {spec.name!r}; valid: {valid}"
+            )
+        parsed[name] = coerce_value(name, defaults[name], text.strip())
+    return parsed
+
+
+def coerce_value(name: str, default: HyperValue, text: str) -> HyperValue:
+    """Parse ``text`` as the type of ``default`` (None defaults take numbers or 'none')."""
+    lowered = text.lower()
+    try:
+        if isinstance(default, bool):
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return lowered in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if default is None:
+            return None if lowered in ("none", "null") else float(text)
+        return text
+    except ValueError:
+        kind = "true/false" if isinstance(default, bool) else type(default).__name__
+        raise ValueError(f"hyperparameter {name} expects a {kind} value, got {text!r}") from None

@@ -1,0 +1,208 @@
+"""The natgrad command line: train, workloads, optimizers, data, experiment, demo, tune, compare, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+
+class UsageError(Exception):
+    """Bad input from the command line: printed as one line, exit status 2."""
+
+
+def add_train_parser(commands) -> None:
+    parser = commands.add_parser("train", help="train one workload with one optimizer")
+    parser.add_argument("--workload", required=True, help="workload name (see `natgrad workloads`)")
+    parser.add_argument("--optimizer", required=True, help="optimizer name (see `natgrad optimizers`)")
+    parser.add_argument("--steps", type=int, help="number of optimizer steps (default: workload's)")
+    parser.add_argument("--out", required=True, help="run folder")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="hyperparameter value"
+    )
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-every", type=int)
+    parser.add_argument("--checkpoint-every", type=int, default=0)
+    parser.add_argument("--data-dir", help="folder holding the dataset files")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(handler=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from natgrad.optim.registry import get_optimizer_spec, parse_assignments
+    from natgrad.train import RunConfig, train
+
+    spec = get_optimizer_spec(args.optimizer)
+    config = RunConfig(
+        workload=args.workload,
+        optimizer=args.optimizer,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        hyperparameters=parse_assignments(spec, args.set),
+        data_dir=args.data_dir,
+        device=args.device,
+    )
+    result = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=True)
+    summary = {"status": result.status, "step": result.step, "final": result.final}
+    if result.diverged_at_step is not None:
+        summary["diverged_at_step"] = result.diverged_at_step
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in result.final.items() if isinstance(v, float))
+        print(f"{result.status} at step {result.step}: {shown}")
+        print(f"run folder: {args.out}")
+    return {"completed": 0, "diverged": 0, "interrupted": 130}[result.status]
+
+
+def add_workloads_parser(commands) -> None:
+    parser = commands.add_parser("workloads", help="list the workloads")
+    parser.set_defaults(handler=run_workloads)
+
+
+def run_workloads(args: argparse.Namespace) -> int:
+    from natgrad.workloads import WORKLOADS
+
+    for workload in WORKLOADS.values():
+        print(f"{workload.name:20s} {workload.description}")
+        print(
+            f"{'':20s} likelihood={workload.likelihood_name} batch_size={workload.batch_size} "
+            f"steps={workload.steps} weight_decay={workload.weight_decay} target={workload.target}"
+        )
+    return 0
+
+
+def add_optimizers_parser(commands) -> None:
+    parser = commands.add_parser("optimizers", help="list optimizers and their hyperparameters")
+    parser.add_argument("--spaces", action="store_true", help="also show the search spaces")
+    parser.set_defaults(handler=run_optimizers)
+
+
+def run_optimizers(args: argparse.Namespace) -> int:
+    from natgrad.optim import OPTIMIZERS
+
+    for spec in OPTIMIZERS.values():
+        kind = "second-order, closure" if spec.second_order else "first-order"
+        print(f"{spec.name} ({kind}): {spec.description}")
+        for hyper in spec.hyperparameters:
+            print(f"    {hyper.name} = {hyper.default!r}  {hyper.help}")
+        if args.spaces:
+            print_spaces(spec.name)
+    return 0
+
+
+def print_spaces(optimizer: str) -> None:
+    from natgrad.tune.spaces import list_spaces, load_space
+
+    for space_name in list_spaces().get(optimizer, []):
+        print(f"  search space '{space_name}':")
+        for line in load_space(optimizer, space_name).describe().splitlines():
+            print(f"      {line}")
+
+
+def add_data_parser(commands) -> None:
+    parser = commands.add_parser("data", help="datasets: list, fetch")
+    data_commands = parser.add_subparsers(dest="data_command", required=True)
+    fetch = data_commands.add_parser("fetch", help="download a dataset with SHA-256 checks")
+    fetch.add_argument("name", help="fashion-mnist or mnist")
+    fetch.add_argument("--dest", help="target folder (default: ~/.cache/natgrad/NAME)")
+    fetch.add_argument("--mirror", help="base URL to download from instead of the official one")
+    fetch.set_defaults(handler=run_data_fetch)
+    listing = data_commands.add_parser("list", help="list the datasets")
+    listing.set_defaults(handler=run_data_list)
+
+
+def run_data_fetch(args: argparse.Namespace) -> int:
+    from natgrad.data import fetch_dataset
+
+    path = fetch_dataset(args.name, Path(args.dest) if args.dest else None, args.mirror)
+    print(f"{args.name} is in {path}")
+    return 0
+
+
+def run_data_list(args: argparse.Namespace) -> int:
+    from natgrad.data import DATASETS
+
+    for name, description in DATASETS.items():
+        print(f"{name:15s} {description}")
+    return 0
+
+
+def add_experiment_parser(commands) -> None:
+    parser = commands.add_parser("experiment", help="run one of the seed's experiments")
+    parser.add_argument("name", nargs="?", help="experiment name (omit to list them)")
+    parser.add_argument("--out", help="output folder (default: runs/NAME)")
+    parser.add_argument("--quick", action="store_true", help="a smaller, faster version")
+    parser.set_defaults(handler=run_experiment)
+
+
+def run_experiment(args: argparse.Namespace) -> int:
+    from natgrad.experiments.registry import EXPERIMENTS, get_experiment
+
+    if args.name is None:
+        for experiment in EXPERIMENTS.values():
+            print(f"{experiment.name:28s} {experiment.description}")
+        return 0
+    experiment = get_experiment(args.name)
+    out_dir = Path(args.out or f"runs/{args.name}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = experiment.run(out_dir, args.quick)
+    print(json.dumps(results, indent=2, sort_keys=True, default=str))
+    print(f"figures and results.json in {out_dir}")
+    return 0
+
+
+def add_demo_parser(commands) -> None:
+    parser = commands.add_parser("demo", help="a short comparison of optimizers, with a report")
+    parser.add_argument("--out", default="runs/demo")
+    parser.add_argument("--workload", default=None, help="workload to compare on")
+    parser.set_defaults(handler=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from natgrad.demo import run_demo as demo
+
+    demo(Path(args.out), workload=args.workload)
+    return 0
+
+
+PARSER_BUILDERS: list[Callable] = [
+    add_train_parser,
+    add_workloads_parser,
+    add_optimizers_parser,
+    add_data_parser,
+    add_experiment_parser,
+    add_demo_parser,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="natgrad", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add_parser in PARSER_BUILDERS:
+        add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from natgrad.train.runner import RunFolderError
+
+    try:
+        return args.handler(args)
+    except (ValueError, UsageError, RunFolderError, FileNotFoundError) as error:
+        print(f"natgrad {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

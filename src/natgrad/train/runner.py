@@ -1,0 +1,381 @@
+"""The training runner: loop, evaluation, metrics JSONL, checkpoint/resume, divergence.
+
+A run folder holds config.json, metrics.jsonl (one object per evaluation), summary.json
+(status completed | diverged | interrupted, final metrics) and checkpoints/. Batches are a
+pure function of (seed, step), and checkpoints carry the model, optimizer, scheduler and
+RNG states, so a run resumed from a checkpoint ends exactly as the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from natgrad.optim.registry import BuildContext, OptimizerSpec, get_optimizer_spec
+from natgrad.optim.schedules import build_schedule, split_schedule_hyperparameters
+from natgrad.train.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    write_atomically,
+)
+from natgrad.train.config import RunConfig
+from natgrad.train.progress import Progress
+from natgrad.workloads import Workload, WorkloadData, get_workload
+
+CHECKPOINT_NAME = "checkpoints/last.pt"
+EVAL_CHUNK = 2048
+_DATA_CACHE: dict[tuple[str, str | None, str], WorkloadData] = {}
+
+
+class RunFolderError(RuntimeError):
+    """The output folder cannot be used as asked (it holds a run, or its config differs)."""
+
+
+@dataclass
+class RunResult:
+    """What a finished (or stopped) run reports."""
+
+    status: str
+    step: int
+    final: dict
+    history: list[dict] = field(default_factory=list)
+    out_dir: Path | None = None
+    diverged_at_step: int | None = None
+
+
+@dataclass
+class LoopState:
+    """The position of the loop and the running training-loss accumulator."""
+
+    step: int = 0
+    wall_time: float = 0.0
+    loss_sum: float = 0.0
+    loss_count: int = 0
+
+
+def load_workload_data(workload: Workload, data_dir: str | None, device: str) -> WorkloadData:
+    """Workload data as in-memory tensors on ``device``, loaded once per process."""
+    key = (workload.name, data_dir, device)
+    if key not in _DATA_CACHE:
+        data = workload.load_data(data_dir)
+        for split in (data.train, data.val, data.test):
+            split.inputs = split.inputs.to(device)
+            split.targets = split.targets.to(device)
+        _DATA_CACHE[key] = data
+    return _DATA_CACHE[key]
+
+
+class BatchSampler:
+    """Mini-batches drawn without replacement, a fresh permutation per epoch.
+
+    The batch at ``step`` depends only on (seed, step), which makes resuming exact.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, device: str) -> None:
+        if batch_size > size:
+            raise ValueError(f"batch_size {batch_size} exceeds the training set size {size}")
+        self.size, self.batch_size, self.seed, self.device = size, batch_size, seed, device
+        self.batches_per_epoch = size // batch_size
+        self._epoch, self._permutation = -1, torch.empty(0, dtype=torch.long)
+
+    def indices(self, step: int) -> Tensor:
+        epoch, position = divmod(step, self.batches_per_epoch)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._permutation = torch.randperm(self.size, generator=generator).to(self.device)
+            self._epoch = epoch
+        start = position * self.batch_size
+        return self._permutation[start : start + self.batch_size]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, workload: Workload, inputs: Tensor, targets: Tensor) -> dict:
+    """Mean loss (and error rate for classifiers) over a whole split, in chunks."""
+    was_training = model.training
+    model.eval()
+    loss_total, error_total = 0.0, 0
+    for start in range(0, inputs.shape[0], EVAL_CHUNK):
+        outputs = model(inputs[start : start + EVAL_CHUNK])
+        chunk_targets = targets[start : start + EVAL_CHUNK]
+        loss_total += float(workload.likelihood.nll(outputs, chunk_targets).sum())
+        if workload.classification:
+            error_total += int(workload.errors(outputs, chunk_targets))
+    model.train(was_training)
+    metrics = {"loss": loss_total / inputs.shape[0]}
+    if workload.classification:
+        metrics["error"] = error_total / inputs.shape[0]
+    return metrics
+
+
+def build_components(resolved: dict, workload: Workload, device: str):
+    """Model (seeded), optimizer and learning-rate schedule for a resolved config."""
+    torch.manual_seed(resolved["seed"])
+    model = workload.build_model().to(device)
+    spec = get_optimizer_spec(resolved["optimizer"])
+    optimizer_hparams, schedule_hparams = split_schedule_hyperparameters(
+        resolved["hyperparameters"]
+    )
+    context = BuildContext(likelihood=workload.likelihood_name, weight_decay=workload.weight_decay)
+    optimizer = spec.build(model, context, optimizer_hparams)
+    scheduler = build_schedule(optimizer, resolved["steps"], **schedule_hparams)
+    return model, spec, optimizer, scheduler
+
+
+def train_step(
+    model: nn.Module,
+    workload: Workload,
+    spec: OptimizerSpec,
+    optimizer: torch.optim.Optimizer,
+    inputs: Tensor,
+    targets: Tensor,
+) -> Tensor:
+    """One optimizer step on one batch; returns the batch loss (before the update)."""
+    if spec.second_order:
+
+        def closure():
+            outputs = model(inputs)
+            return workload.loss(outputs, targets), outputs
+
+        return optimizer.step(closure)
+    optimizer.zero_grad(set_to_none=True)
+    loss = workload.loss(model(inputs), targets)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+class SignalFlag:
+    """Set by SIGINT/SIGTERM while a run is in progress (main thread only)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    @contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in previous:
+            signal.signal(sig, self._handle)
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+
+def prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to write into a folder that holds a run unless resuming or overwriting."""
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if overwrite:
+            shutil.rmtree(out_dir)
+        elif not resume:
+            raise RunFolderError(
+                f"{out_dir} already holds files; pass --resume to continue that run "
+                "or --overwrite to replace it"
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def check_same_config(out_dir: Path, resolved: dict) -> None:
+    """On resume, the stored config must match (the number of steps may grow)."""
+    stored = json.loads((out_dir / "config.json").read_text())
+    differing = sorted(
+        key for key in set(stored) | set(resolved) if key != "steps" and stored.get(key) != resolved.get(key)
+    )
+    if differing:
+        raise RunFolderError(
+            f"cannot resume {out_dir}: settings differ from the stored run: {', '.join(differing)}"
+        )
+
+
+def read_history(path: Path, up_to_step: int) -> list[dict]:
+    """Metrics records up to ``up_to_step`` (later ones were written after the checkpoint)."""
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for record in records if record["step"] <= up_to_step]
+
+
+def write_json(path: Path, payload: dict) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    temporary.replace(path)
+
+
+class Run:
+    """One training run: owns the model, optimizer, data and the run folder."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        out_dir: Path | None,
+        resume: bool = False,
+        overwrite: bool = False,
+        progress: bool = False,
+    ) -> None:
+        self.resolved = config.resolved()
+        self.workload = get_workload(config.workload)
+        self.device = config.device
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.show_progress = progress
+        self.data = load_workload_data(self.workload, config.data_dir, self.device)
+        self.model, self.spec, self.optimizer, self.scheduler = build_components(
+            self.resolved, self.workload, self.device
+        )
+        self.sampler = BatchSampler(
+            len(self.data.train), self.resolved["batch_size"], self.resolved["seed"], self.device
+        )
+        self.state = LoopState()
+        self.history: list[dict] = []
+        if self.out_dir is not None:
+            self._open_folder(resume, overwrite)
+
+    # -- run folder -------------------------------------------------------------------
+    def _open_folder(self, resume: bool, overwrite: bool) -> None:
+        prepare_run_folder(self.out_dir, resume, overwrite)
+        checkpoint = self.out_dir / CHECKPOINT_NAME
+        if resume and (self.out_dir / "config.json").exists():
+            check_same_config(self.out_dir, self.resolved)
+        if resume and checkpoint.exists():
+            self._restore(load_checkpoint(checkpoint))
+        else:
+            (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
+        write_json(self.out_dir / "config.json", self.resolved)
+        self._rewrite_metrics()
+
+    def _rewrite_metrics(self) -> None:
+        lines = "".join(json.dumps(record) + "\n" for record in self.history)
+        path = self.out_dir / "metrics.jsonl"
+        temporary = path.with_suffix(".jsonl.tmp")
+        temporary.write_text(lines)
+        temporary.replace(path)
+
+    def _restore(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.state = LoopState(**checkpoint["loop"])
+        restore_rng_state(checkpoint["rng"])
+        self.history = read_history(self.out_dir / "metrics.jsonl", self.state.step)
+
+    def save_checkpoint(self) -> None:
+        if self.out_dir is None:
+            return
+        payload = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "loop": vars(self.state).copy(),
+            "rng": capture_rng_state(),
+        }
+        write_atomically(self.out_dir / CHECKPOINT_NAME, payload)
+
+    # -- evaluation -------------------------------------------------------------------
+    def record_evaluation(self) -> dict:
+        state = self.state
+        val = evaluate(self.model, self.workload, self.data.val.inputs, self.data.val.targets)
+        record = {
+            "step": state.step,
+            "examples": state.step * self.resolved["batch_size"],
+            "wall_time": state.wall_time,
+            "train_loss": state.loss_sum / state.loss_count if state.loss_count else None,
+            "val_loss": val["loss"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+        if "error" in val:
+            record["val_error"] = val["error"]
+        if "damping" in self.optimizer.param_groups[0]:
+            record["damping"] = float(self.optimizer.param_groups[0]["damping"])
+        state.loss_sum, state.loss_count = 0.0, 0
+        self.history.append(record)
+        if self.out_dir is not None:
+            with (self.out_dir / "metrics.jsonl").open("a") as stream:
+                stream.write(json.dumps(record) + "\n")
+        return record
+
+    def final_metrics(self, status: str) -> dict:
+        final = dict(self.history[-1]) if self.history else {"step": self.state.step}
+        if status == "completed" and self.resolved["evaluate_test"]:
+            test = evaluate(self.model, self.workload, self.data.test.inputs, self.data.test.targets)
+            final.update({f"test_{key}": value for key, value in test.items()})
+        return final
+
+    # -- the loop ---------------------------------------------------------------------
+    def run(self) -> RunResult:
+        total = self.resolved["steps"]
+        flag = SignalFlag()
+        progress = Progress(total, self.state.step, self.show_progress, self.resolved["workload"])
+        status, diverged_at = "completed", None
+        self.model.train()
+        with flag.installed():
+            if self.state.step == 0 and not self.history:
+                self.record_evaluation()
+            while self.state.step < total:
+                loss_value = self._advance()
+                progress.advance(self.state.step, loss_value)
+                if not math.isfinite(loss_value):
+                    status, diverged_at = "diverged", self.state.step
+                    break
+                if self.state.step % self.resolved["eval_every"] == 0 or self.state.step == total:
+                    progress.log_eval(self.state.step, self.record_evaluation())
+                if flag.received is not None:
+                    status = "interrupted"
+                    self.save_checkpoint()
+                    break
+                every = self.resolved["checkpoint_every"]
+                if every and self.state.step % every == 0:
+                    self.save_checkpoint()
+        progress.close()
+        if status == "completed":
+            self.save_checkpoint()
+        return self._finish(status, diverged_at)
+
+    def _advance(self) -> float:
+        started = time.perf_counter()
+        indices = self.sampler.indices(self.state.step)
+        inputs, targets = self.data.train.inputs[indices], self.data.train.targets[indices]
+        loss = train_step(self.model, self.workload, self.spec, self.optimizer, inputs, targets)
+        self.scheduler.step()
+        loss_value = float(loss)
+        self.state.step += 1
+        self.state.wall_time += time.perf_counter() - started
+        self.state.loss_sum += loss_value
+        self.state.loss_count += 1
+        return loss_value
+
+    def _finish(self, status: str, diverged_at: int | None) -> RunResult:
+        final = self.final_metrics(status)
+        result = RunResult(status, self.state.step, final, self.history, self.out_dir, diverged_at)
+        if self.out_dir is not None:
+            summary = {"status": status, "step": self.state.step, "final": final}
+            if diverged_at is not None:
+                summary["diverged_at_step"] = diverged_at
+            write_json(self.out_dir / "summary.json", summary)
+        return result
+
+
+def train(
+    config: RunConfig,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> RunResult:
+    """Run (or resume) one training run and return its result."""
+    return Run(config, Path(out_dir) if out_dir else None, resume, overwrite, progress).run()
