@@ -1,0 +1,335 @@
+"""The seed's first-order optimizers, exactly as Choi et al. (2019, Table 1) define them.
+
+SGD, Momentum, Nesterov, RMSProp, Adam and NAdam as ``torch.optim.Optimizer`` subclasses
+(param groups, LR schedulers and ``state_dict`` work as usual). The update rules live in
+``natgrad.optim.functional``; REFERENCES.md section 1 lists them. They differ from
+``torch.optim`` where the paper does: RMSProp starts ``v`` at 1 and keeps the learning
+rate inside its momentum buffer, and Adam/NAdam add ``eps`` before the bias correction.
+These forms make the inclusions SGD ⊆ Momentum ⊆ RMSProp, Momentum ⊆ Adam and
+Nesterov ⊆ NAdam hold exactly or in a limit. Weight decay adds ``weight_decay * theta``
+to the gradient (L2 regularization) before the rule is applied.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from natgrad.optim import functional
+from natgrad.optim.registry import (
+    BuildContext,
+    Hyperparameter,
+    OptimizerSpec,
+    register_optimizer,
+)
+from natgrad.optim.schedules import SCHEDULE_HYPERPARAMETERS, split_schedule_hyperparameters
+
+ParamsT = Iterable[Tensor] | Iterable[dict]
+
+
+def _check_at_least_zero(name: str, value: float) -> None:
+    if not value >= 0.0:  # also rejects NaN
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+def _check_unit_interval(name: str, value: float, *, include_one: bool = True) -> None:
+    inside = 0.0 <= value <= 1.0 if include_one else 0.0 <= value < 1.0
+    if not inside:
+        interval = "[0, 1]" if include_one else "[0, 1)"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+
+
+def _group_by_device_and_dtype(params: list[Tensor]) -> list[list[int]]:
+    """Indices of ``params`` grouped so that each group can go to one foreach call."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
+    for index, param in enumerate(params):
+        groups[(param.device, param.dtype)].append(index)
+    return list(groups.values())
+
+
+class FirstOrderOptimizer(torch.optim.Optimizer):
+    """Shared bookkeeping: gradients with weight decay, per-tensor step counts, foreach.
+
+    Subclasses implement :meth:`_update`, which receives one group's parameters that
+    have gradients (all on one device and dtype when ``foreach`` is on).
+    """
+
+    def __init__(self, params: ParamsT, defaults: dict) -> None:
+        _check_at_least_zero("lr", defaults["lr"])
+        _check_at_least_zero("weight_decay", defaults["weight_decay"])
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("foreach", None)
+            group.setdefault("weight_decay", 0.0)
+
+    @staticmethod
+    def _gradients(params: list[Tensor], weight_decay: float) -> list[Tensor]:
+        grads = [p.grad for p in params]
+        if any(g.is_sparse for g in grads):
+            raise RuntimeError(f"{params[0].__class__.__name__} gradients must be dense")
+        if weight_decay != 0.0:
+            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+        return grads
+
+    def _advance_steps(self, params: list[Tensor]) -> list[int]:
+        """Increment and return the per-tensor step counts (kept in state for resume)."""
+        steps = []
+        for param in params:
+            state = self.state[param]
+            state["step"] = state.get("step", 0) + 1
+            steps.append(state["step"])
+        return steps
+
+    def _buffers(self, params: list[Tensor], name: str, fill: float) -> list[Tensor]:
+        """The state buffer ``name`` of each parameter, created filled with ``fill``."""
+        buffers = []
+        for param in params:
+            state = self.state[param]
+            if name not in state:
+                state[name] = torch.full_like(param, fill, memory_format=torch.preserve_format)
+            buffers.append(state[name])
+        return buffers
+
+    def _update(self, group: dict, params: list[Tensor], grads: list[Tensor], foreach: bool):
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient; returns ``closure()`` if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = self._gradients(params, group["weight_decay"])
+            self._advance_steps(params)
+            foreach = group["foreach"] is None or bool(group["foreach"])
+            if not foreach:
+                self._update(group, params, grads, False)
+                continue
+            for indices in _group_by_device_and_dtype(params):
+                self._update(group, [params[i] for i in indices], [grads[i] for i in indices], True)
+        return loss
+
+
+class SGD(FirstOrderOptimizer):
+    """Stochastic gradient descent: ``theta <- theta - lr * g``."""
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float,
+        weight_decay: float = 0.0,
+        *,
+        foreach: bool | None = None,
+    ) -> None:
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, foreach=foreach))
+
+    def _update(self, group, params, grads, foreach):
+        functional.sgd_update(params, grads, lr=group["lr"], foreach=foreach)
+
+
+class Momentum(FirstOrderOptimizer):
+    """Heavy-ball momentum: ``v <- gamma v + g``, ``theta <- theta - lr v`` (v_0 = 0)."""
+
+    nesterov = False
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        *,
+        foreach: bool | None = None,
+    ) -> None:
+        _check_unit_interval("momentum", momentum)
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=foreach)
+        super().__init__(params, defaults)
+
+    def _update(self, group, params, grads, foreach):
+        functional.momentum_update(
+            params,
+            grads,
+            self._buffers(params, "velocity", 0.0),
+            lr=group["lr"],
+            momentum=group["momentum"],
+            nesterov=self.nesterov,
+            foreach=foreach,
+        )
+
+
+class Nesterov(Momentum):
+    """Nesterov momentum: ``v <- gamma v + g``, ``theta <- theta - lr (gamma v + g)``."""
+
+    nesterov = True
+
+
+class RMSProp(FirstOrderOptimizer):
+    """RMSProp as in Choi et al.: ``v_0 = 1``, ``m <- gamma m + lr g / (sqrt(v) + eps)``.
+
+    ``v <- rho v + (1 - rho) g^2`` and ``theta <- theta - m``. With ``rho = 1`` and
+    ``eps = 0`` it is Momentum. ``eps_inside_sqrt=True`` uses ``sqrt(v + eps)`` instead.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float,
+        momentum: float = 0.9,
+        rho: float = 0.9,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        eps_inside_sqrt: bool = False,
+        foreach: bool | None = None,
+    ) -> None:
+        _check_unit_interval("momentum", momentum)
+        _check_unit_interval("rho", rho)
+        _check_at_least_zero("eps", eps)
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            rho=rho,
+            eps=eps,
+            weight_decay=weight_decay,
+            eps_inside_sqrt=eps_inside_sqrt,
+            foreach=foreach,
+        )
+        super().__init__(params, defaults)
+
+    def _update(self, group, params, grads, foreach):
+        functional.rmsprop_update(
+            params,
+            grads,
+            self._buffers(params, "square_average", 1.0),
+            self._buffers(params, "momentum_buffer", 0.0),
+            lr=group["lr"],
+            momentum=group["momentum"],
+            rho=group["rho"],
+            eps=group["eps"],
+            eps_inside_sqrt=group["eps_inside_sqrt"],
+            foreach=foreach,
+        )
+
+
+class Adam(FirstOrderOptimizer):
+    """Adam with ``eps`` before the bias correction (Choi et al. 2019, Table 1).
+
+    ``m <- beta1 m + (1 - beta1) g``, ``v <- beta2 v + (1 - beta2) g^2``,
+    ``theta <- theta - lr * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + eps)``.
+    """
+
+    nesterov = False
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        foreach: bool | None = None,
+    ) -> None:
+        _check_unit_interval("beta1", beta1, include_one=False)
+        _check_unit_interval("beta2", beta2)
+        _check_at_least_zero("eps", eps)
+        defaults = dict(
+            lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, foreach=foreach
+        )
+        super().__init__(params, defaults)
+
+    def _update(self, group, params, grads, foreach):
+        functional.adam_update(
+            params,
+            grads,
+            self._buffers(params, "first_moment", 0.0),
+            self._buffers(params, "second_moment", 0.0),
+            [self.state[p]["step"] for p in params],
+            lr=group["lr"],
+            beta1=group["beta1"],
+            beta2=group["beta2"],
+            eps=group["eps"],
+            nesterov=self.nesterov,
+            foreach=foreach,
+        )
+
+
+class NAdam(Adam):
+    """NAdam: Adam with the numerator ``beta1 m + (1 - beta1) g`` (Dozat 2016; Choi et al.)."""
+
+    nesterov = True
+
+
+# ---------------------------------------------------------------- registration
+
+_WEIGHT_DECAY = Hyperparameter(
+    "weight_decay", None, "L2 coefficient added to the gradient (>= 0; None = workload default)"
+)
+_MOMENTUM = Hyperparameter("momentum", 0.9, "momentum gamma in [0, 1]")
+_EPS = Hyperparameter("eps", 1e-8, "denominator offset eps >= 0")
+
+
+def _lr(default: float) -> Hyperparameter:
+    return Hyperparameter("lr", default, "learning rate >= 0")
+
+
+def _builder(optimizer_class: type[FirstOrderOptimizer]):
+    """A registry factory: ``weight_decay=None`` takes the workload's default."""
+
+    def build(model: nn.Module, ctx: BuildContext, hparams: dict) -> torch.optim.Optimizer:
+        kwargs, _ = split_schedule_hyperparameters(hparams)
+        if kwargs.get("weight_decay") is None:
+            kwargs["weight_decay"] = ctx.weight_decay
+        return optimizer_class(model.parameters(), **kwargs)
+
+    return build
+
+
+def _register(
+    name: str,
+    optimizer_class: type[FirstOrderOptimizer],
+    description: str,
+    hyperparameters: tuple[Hyperparameter, ...],
+) -> None:
+    register_optimizer(
+        OptimizerSpec(
+            name=name,
+            description=description,
+            build=_builder(optimizer_class),
+            hyperparameters=hyperparameters + (_WEIGHT_DECAY,) + SCHEDULE_HYPERPARAMETERS,
+        )
+    )
+
+
+_BETA1 = Hyperparameter("beta1", 0.9, "first-moment decay beta1 in [0, 1)")
+_BETA2 = Hyperparameter("beta2", 0.999, "second-moment decay beta2 in [0, 1]")
+
+_register("sgd", SGD, "SGD: theta -= lr g", (_lr(0.1),))
+_register("momentum", Momentum, "heavy-ball momentum (Choi et al.)", (_lr(0.1), _MOMENTUM))
+_register("nesterov", Nesterov, "Nesterov momentum (Choi et al.)", (_lr(0.1), _MOMENTUM))
+_register(
+    "rmsprop",
+    RMSProp,
+    "RMSProp with v_0 = 1 and lr in the momentum buffer (Choi et al.)",
+    (
+        _lr(1e-3),
+        _MOMENTUM,
+        Hyperparameter("rho", 0.9, "second-moment decay rho in [0, 1]"),
+        _EPS,
+        Hyperparameter("eps_inside_sqrt", False, "use sqrt(v + eps) instead of sqrt(v) + eps"),
+    ),
+)
+_register("adam", Adam, "Adam, eps before bias correction", (_lr(1e-3), _BETA1, _BETA2, _EPS))
+_register("nadam", NAdam, "NAdam, eps before bias correction", (_lr(1e-3), _BETA1, _BETA2, _EPS))
