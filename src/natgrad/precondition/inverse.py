@@ -1,0 +1,139 @@
+"""Inverting damped Kronecker factors and applying them to a gradient matrix.
+
+The preconditioned gradient of a layer with gradient matrix V (out x in[+1]) is
+U = (G + gamma/pi I)^{-1} V (A + pi gamma I)^{-1}, the inverse of the damped
+Kronecker block applied to vec(V) (Martens & Grosse 2015, s.4, s.6.3).
+
+Two methods keep the same interface (``decompose`` when inverses are due, then
+``precondition`` every step); all tensors live in a plain dict so an optimizer can
+store them in its state and a distributed inverter can ship them:
+
+- "cholesky": inverses of the damped factors by Cholesky; the damping is baked in at
+  decomposition time.
+- "eigen": eigendecompositions A = Q_A diag(d_A) Q_A^T, G = Q_G diag(d_G) Q_G^T; then
+  U = Q_G [(Q_G^T V Q_A) / ((d_G + gamma/pi)(d_A + pi gamma)^T)] Q_A^T, so the damping
+  can change every step without a new decomposition.
+
+Decompositions run in float32; on failure they are retried in float64, then with a
+diagonal floor raised tenfold each time (relative to the mean diagonal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from natgrad.precondition.damping import add_to_diagonal, factored_pi, trace_norm_pi
+
+INVERSE_METHODS = ("cholesky", "eigen")
+_FLOOR_START = 1e-7
+_FLOOR_TRIES = 4
+
+
+def _robust(
+    decompose: Callable[[Tensor], tuple[Tensor, ...]], matrix: Tensor
+) -> tuple[Tensor, ...]:
+    """Run ``decompose`` in float32, then float64, then float64 with a raised diagonal floor."""
+    try:
+        return decompose(matrix.float())
+    except torch.linalg.LinAlgError:
+        pass
+    wide = matrix.double()
+    scale = wide.diagonal().abs().mean().clamp_min(1e-30)
+    floor = 0.0
+    for attempt in range(_FLOOR_TRIES + 1):
+        try:
+            result = decompose(add_to_diagonal(wide, floor) if floor else wide)
+            return tuple(t.to(torch.float32) for t in result)
+        except torch.linalg.LinAlgError:
+            floor = scale * _FLOOR_START * 10**attempt
+    raise torch.linalg.LinAlgError(
+        f"factor of size {tuple(matrix.shape)} could not be decomposed even with a diagonal floor"
+    )
+
+
+def _cholesky_inverse(matrix: Tensor) -> tuple[Tensor]:
+    return (torch.cholesky_inverse(torch.linalg.cholesky(matrix)),)
+
+
+def _symmetric_eigen(matrix: Tensor) -> tuple[Tensor, Tensor]:
+    eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
+    return eigenvalues.clamp_min(0.0), eigenvectors
+
+
+def symmetric_inverse(matrix: Tensor) -> Tensor:
+    """Inverse of a symmetric positive definite matrix via Cholesky, with the float64 retry."""
+    return _robust(_cholesky_inverse, matrix)[0]
+
+
+def cholesky_decompose(A: Tensor, G: Tensor, gamma: float) -> dict[str, Tensor]:
+    """Inverses of the damped factors: {"A_inv", "G_inv", "pi"}."""
+    pi = factored_pi(A, G)
+    return {
+        "A_inv": symmetric_inverse(add_to_diagonal(A, pi * gamma)),
+        "G_inv": symmetric_inverse(add_to_diagonal(G, gamma / pi)),
+        "pi": pi,
+    }
+
+
+def cholesky_precondition(decomposition: dict[str, Tensor], V: Tensor, gamma: float) -> Tensor:
+    """G_inv V A_inv (the damping was fixed at decomposition time; ``gamma`` is unused)."""
+    return decomposition["G_inv"] @ V.to(torch.float32) @ decomposition["A_inv"]
+
+
+def eigen_decompose(A: Tensor, G: Tensor, gamma: float) -> dict[str, Tensor]:
+    """Eigendecompositions of the undamped factors: {"A_eigvals", "A_eigvecs", "G_eigvals", "G_eigvecs"}."""
+    A_eigvals, A_eigvecs = _robust(_symmetric_eigen, A)
+    G_eigvals, G_eigvecs = _robust(_symmetric_eigen, G)
+    return {
+        "A_eigvals": A_eigvals,
+        "A_eigvecs": A_eigvecs,
+        "G_eigvals": G_eigvals,
+        "G_eigvecs": G_eigvecs,
+    }
+
+
+def eigen_precondition(decomposition: dict[str, Tensor], V: Tensor, gamma: float) -> Tensor:
+    """Q_G [(Q_G^T V Q_A) / ((d_G + gamma/pi)(d_A + pi gamma)^T)] Q_A^T with the current gamma."""
+    d_A, Q_A = decomposition["A_eigvals"], decomposition["A_eigvecs"]
+    d_G, Q_G = decomposition["G_eigvals"], decomposition["G_eigvecs"]
+    pi = trace_norm_pi(d_A.sum(), d_A.shape[0], d_G.sum(), d_G.shape[0])
+    rotated = Q_G.T @ V.to(torch.float32) @ Q_A
+    rotated.div_(torch.outer(d_G + gamma / pi, d_A + pi * gamma))
+    return Q_G @ rotated @ Q_A.T
+
+
+DECOMPOSERS = {"cholesky": cholesky_decompose, "eigen": eigen_decompose}
+PRECONDITIONERS = {"cholesky": cholesky_precondition, "eigen": eigen_precondition}
+
+
+def check_inverse_method(method: str) -> str:
+    """``method`` if it is a known inverse method, else ValueError listing the valid ones."""
+    if method not in INVERSE_METHODS:
+        raise ValueError(f"inverse must be one of {', '.join(INVERSE_METHODS)}; got {method!r}")
+    return method
+
+
+def decompose(method: str, A: Tensor, G: Tensor, gamma: float) -> dict[str, Tensor]:
+    """Decompose the factors of one layer with ``method`` ("cholesky" or "eigen")."""
+    return DECOMPOSERS[check_inverse_method(method)](A, G, gamma)
+
+
+def precondition(method: str, decomposition: dict[str, Tensor], V: Tensor, gamma: float) -> Tensor:
+    """The damped Kronecker inverse of one layer applied to its gradient matrix ``V``."""
+    return PRECONDITIONERS[method](decomposition, V, gamma)
+
+
+__all__ = [
+    "INVERSE_METHODS",
+    "check_inverse_method",
+    "decompose",
+    "precondition",
+    "symmetric_inverse",
+    "cholesky_decompose",
+    "cholesky_precondition",
+    "eigen_decompose",
+    "eigen_precondition",
+]
