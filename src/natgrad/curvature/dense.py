@@ -111,8 +111,8 @@ def jacobian_sandwich(jacobian: Tensor, output_curvature: OutputCurvature) -> Te
     if factors is not None:
         projected = torch.einsum("nck,ncp->nkp", factors, jacobian).flatten(0, 1)
         return projected.T @ projected
-    blocks = output_curvature.blocks()
-    return torch.einsum("ncp,ncd,ndq->pq", jacobian, blocks, jacobian)
+    weighted = torch.einsum("ncd,ndq->ncq", output_curvature.blocks(), jacobian)
+    return jacobian.flatten(0, 1).T @ weighted.flatten(0, 1)
 
 
 def dense_ggn(model: nn.Module, inputs: ModelInputs, likelihood: str | Likelihood) -> Tensor:
