@@ -8,8 +8,8 @@
 - "mnist1d": MNIST-1D (Greydanus 2020) from the ``mnist1d`` package's own generator
   (``get_dataset_args()`` then ``make_dataset(args)``, never its download path):
   4,000 training and 1,000 test signals of length 40. The generator's training set
-  (already shuffled by it) gives the first 3,200 for training and the last 800 for
-  validation; its test set is the test split. Signals are standardized with one mean
+  (already shuffled by it) gives its first 80% (3,200) for training and its last 20%
+  (800) for validation; its test set is the test split. Signals are standardized with one mean
   and one standard deviation over all training values (the 1-D shape is kept).
   Generation takes a few seconds, so the arrays are cached in
   ``~/.cache/natgrad/mnist1d/mnist1d-<key>.npz`` keyed by a hash of the generator
@@ -39,7 +39,6 @@ from natgrad.data.locate import cache_root
 
 SPLIT_SEED = 0
 HELD_OUT_FRACTION = 0.2
-MNIST1D_VALIDATION_SIZE = 800
 MNIST1D_ARRAYS = ("x", "y", "x_test", "y_test")
 MNIST_SUBSET_SIZE = 5000
 MNIST_PIXELS = 28 * 28
@@ -119,7 +118,7 @@ def mnist1d(cache_dir: Path | None = None) -> SplitArrays:
     signals = torch.from_numpy(arrays["x"].astype(np.float32))
     labels = torch.from_numpy(arrays["y"].astype(np.int64))
     test_x = torch.from_numpy(arrays["x_test"].astype(np.float32))
-    cut = len(signals) - MNIST1D_VALIDATION_SIZE
+    cut = len(signals) - round(HELD_OUT_FRACTION * len(signals))
     mean, std = signals[:cut].mean(), signals[:cut].std()
     tensors = {
         "train_x": (signals[:cut] - mean) / std,
