@@ -13,7 +13,8 @@
   and one standard deviation over all training values (the 1-D shape is kept).
   Generation takes a few seconds, so the arrays are cached in
   ``~/.cache/natgrad/mnist1d/mnist1d-<key>.npz`` keyed by a hash of the generator
-  arguments (seed included), written atomically and read with ``allow_pickle=False``.
+  arguments (seed included) and the package version, written atomically and read
+  with ``allow_pickle=False``.
 
 Permutation splits use ``numpy.random.default_rng(SPLIT_SEED).permutation(n)``: the
 first ``n - 2 round(0.2 n)`` indices train, the next ``round(0.2 n)`` validate, the
@@ -30,6 +31,7 @@ import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -139,8 +141,9 @@ def mnist1d_generator_args() -> dict:
 
 
 def mnist1d_cache_key(args: dict) -> str:
-    """Hash of the generator arguments that shape the data (the download url excluded)."""
+    """Hash of the generator arguments (the download url excluded) and the mnist1d version."""
     relevant = {key: value for key, value in args.items() if key != "url"}
+    relevant["mnist1d_version"] = metadata.version("mnist1d")
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

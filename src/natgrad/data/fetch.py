@@ -68,7 +68,7 @@ def sha256_of(path: Path) -> str:
 
 def fetch_dataset(
     name: str,
-    dest: Path | None = None,
+    dest: str | os.PathLike[str] | None = None,
     base_url: str | None = None,
     *,
     checksums: Mapping[str, str] | None = None,
