@@ -324,7 +324,8 @@ class KFAC(torch.optim.Optimizer):
             for handle in handles:
                 handle.remove()
         return [
-            g if g is not None else torch.zeros_like(o) for g, o in zip(recorded, layer_outputs)
+            g if g is not None else torch.zeros_like(o)
+            for g, o in zip(recorded, layer_outputs, strict=True)
         ]
 
     def _statistics_from_subbatch(self, sub_inputs: tuple) -> list[KroneckerFactors]:
@@ -406,7 +407,7 @@ class KFAC(torch.optim.Optimizer):
         return matrices
 
     def precondition(self, grads: list[Tensor | None], gamma: float) -> list[Tensor | None]:
-        """U = (G + gamma/pi I)^{-1} V (A + pi gamma I)^{-1} per layer (V itself before any factors)."""
+        """U = (G + gamma/pi I)^{-1} V (A + pi gamma I)^{-1} per layer (V before any factors)."""
         result: list[Tensor | None] = []
         for layer, V in zip(self.layers, grads, strict=True):
             decomposition = None if V is None else self._decomposition(layer)
@@ -429,7 +430,11 @@ class KFAC(torch.optim.Optimizer):
         """d = -lr v with v <- momentum v + nu U (nu = KL-clip scale, 1 without clipping)."""
         lr, momentum = group["lr"], group["momentum"]
         if self.kl_clip is not None:
-            inner = sum((V.float() * U).sum() for V, U in zip(grads, proposals) if V is not None)
+            inner = sum(
+                (V.float() * U).sum()
+                for V, U in zip(grads, proposals, strict=True)
+                if V is not None
+            )
             scale = kl_clip_scale(inner, lr, self.kl_clip)
             proposals = [None if U is None else U * scale for U in proposals]
         updates: list[Tensor | None] = []
@@ -447,7 +452,7 @@ class KFAC(torch.optim.Optimizer):
         return updates
 
     def _directions_as_param_list(self, matrices: list[Tensor | None]) -> list[Tensor]:
-        """Per-layer matrices as a list shaped like the model's trainable parameters (zeros elsewhere)."""
+        """Per-layer matrices as a list shaped like the trainable parameters (zeros elsewhere)."""
         by_param: dict[int, Tensor] = {}
         for layer, matrix in zip(self.layers, matrices, strict=True):
             if matrix is None:
@@ -497,7 +502,7 @@ class KFAC(torch.optim.Optimizer):
     def _quadratic_model_updates(
         self, group: dict, grads: list, proposals: list, batch_inputs: tuple
     ) -> tuple[list[Tensor | None], Tensor]:
-        """d = alpha Delta + mu delta0 minimizing M(d) (REFERENCES.md s.3); returns d and M(d)-M(0)."""
+        """d = alpha Delta + mu delta0 minimizing M(d) (REFERENCES.md s.3); also M(d) - M(0)."""
         deltas = [None if U is None else -U for U in proposals]
         previous = [self.state[layer.module.weight].get("previous_update") for layer in self.layers]
         has_previous = any(p is not None for p in previous)

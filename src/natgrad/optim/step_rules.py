@@ -48,7 +48,7 @@ def reduction_ratio(new_loss: Tensor, old_loss: Tensor, predicted_change: Tensor
 def quadratic_model_value(
     coefficients: Tensor, curvature_gram: Tensor, grad_dots: Tensor
 ) -> Tensor:
-    """M(d) - M(0) = 1/2 c^T K c + c^T b for d = sum_i c_i u_i, K_ij = u_i^T C u_j, b_i = grad^T u_i."""
+    """M(d) - M(0) = 1/2 c^T K c + c^T b; d = sum c_i u_i, K_ij = u_i^T C u_j, b_i = grad^T u_i."""
     return 0.5 * coefficients @ curvature_gram @ coefficients + coefficients @ grad_dots
 
 
@@ -59,12 +59,15 @@ def quadratic_model_coefficients(
     total_damping: float,
     has_previous: bool,
 ) -> Tensor:
-    """(alpha, mu) minimizing M(alpha Delta + mu delta0), M(d) = 1/2 d^T (F + (lambda+eta) I) d + grad^T d.
+    """(alpha, mu) minimizing M(alpha Delta + mu delta0) (Martens & Grosse 2015, s.7).
+
+    M(d) = 1/2 d^T (F + (lambda+eta) I) d + grad^T d.
 
     ``fisher_gram`` is the 2x2 matrix [u_i^T F u_j] and ``inner_gram`` [u_i^T u_j] for
     u = (Delta, delta0); ``grad_dots`` is [grad^T Delta, grad^T delta0]. The minimizer solves
     K c = -b with K = fisher_gram + (lambda+eta) inner_gram. Without a previous update
-    (step 1, delta0 = 0) mu = 0 and alpha = -grad^T Delta / (Delta^T F Delta + (lambda+eta)||Delta||^2).
+    (step 1, delta0 = 0) mu = 0 and
+    alpha = -grad^T Delta / (Delta^T F Delta + (lambda+eta) ||Delta||^2).
     """
     curvature_gram = fisher_gram + total_damping * inner_gram
     if not has_previous:

@@ -84,7 +84,7 @@ def cholesky_precondition(decomposition: dict[str, Tensor], V: Tensor, gamma: fl
 
 
 def eigen_decompose(A: Tensor, G: Tensor, gamma: float) -> dict[str, Tensor]:
-    """Eigendecompositions of the undamped factors: {"A_eigvals", "A_eigvecs", "G_eigvals", "G_eigvecs"}."""
+    """Eigendecompositions of the undamped factors: {A,G}_eigvals and {A,G}_eigvecs."""
     A_eigvals, A_eigvecs = _robust(_symmetric_eigen, A)
     G_eigvals, G_eigvecs = _robust(_symmetric_eigen, G)
     return {
