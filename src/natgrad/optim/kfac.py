@@ -253,11 +253,12 @@ class KFAC(torch.optim.Optimizer):
             grads = self.gradient_matrices(group["weight_decay"])
             proposals = self.precondition(grads, gamma)
             updates, predicted = self._step_rule(group, grads, proposals, batch_inputs)
+            adapt_due = self.adapt_damping and self.steps % self.damping_config.interval == 0
+            if adapt_due and predicted is None:  # the model M is taken at theta, before the update
+                predicted = self._predicted_change(grads, updates, batch_inputs, group)
             self.apply_updates(updates)
         self._fallback_step(group)
-        if self.adapt_damping and self.steps % self.damping_config.interval == 0:
-            if predicted is None:
-                predicted = self._predicted_change(grads, updates, batch_inputs, group)
+        if adapt_due:
             self._adapt_damping(closure, loss, predicted, group)
         return loss.detach()
 
