@@ -1,4 +1,4 @@
-"""The natgrad command line: train, workloads, optimizers, data, experiment, demo, tune, compare, report."""
+"""The natgrad command line: train, tune, compare, report, experiment, demo, data, lists."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ class UsageError(Exception):
 def add_train_parser(commands) -> None:
     parser = commands.add_parser("train", help="train one workload with one optimizer")
     parser.add_argument("--workload", required=True, help="workload name (see `natgrad workloads`)")
-    parser.add_argument("--optimizer", required=True, help="optimizer name (see `natgrad optimizers`)")
+    parser.add_argument(
+        "--optimizer", required=True, help="optimizer name (see `natgrad optimizers`)"
+    )
     parser.add_argument("--steps", type=int, help="number of optimizer steps (default: workload's)")
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument(
@@ -124,7 +126,9 @@ def add_data_parser(commands) -> None:
 def run_data_fetch(args: argparse.Namespace) -> int:
     from natgrad.data import fetch_dataset
 
-    path = fetch_dataset(args.name, Path(args.dest) if args.dest else None, args.mirror)
+    path = fetch_dataset(
+        args.name, Path(args.dest) if args.dest else None, args.mirror, report=print
+    )
     print(f"{args.name} is in {path}")
     return 0
 
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.handler(args)
-    except (ValueError, UsageError, RunFolderError, FileNotFoundError) as error:
+    except (ValueError, UsageError, RunFolderError, OSError) as error:
         print(f"natgrad {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -48,8 +48,12 @@ def write_report(out_dir: Path, workload: str, best_runs: list[dict]) -> None:
     figure, (curves, bars) = plt.subplots(1, 2, figsize=(11, 4))
     for entry in best_runs:
         history = entry["result"].history
-        curves.plot([r["step"] for r in history], [r["val_loss"] for r in history], label=entry["optimizer"])
-    curves.set(xlabel="step", ylabel="validation loss", yscale="log", title=f"{workload}: best lr each")
+        curves.plot(
+            [r["step"] for r in history], [r["val_loss"] for r in history], label=entry["optimizer"]
+        )
+    curves.set(
+        xlabel="step", ylabel="validation loss", yscale="log", title=f"{workload}: best lr each"
+    )
     curves.legend()
     names = [entry["optimizer"] for entry in best_runs]
     errors = [entry["result"].final.get("test_error", math.nan) for entry in best_runs]

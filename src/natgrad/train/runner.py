@@ -196,7 +196,9 @@ def check_same_config(out_dir: Path, resolved: dict) -> None:
     """On resume, the stored config must match (the number of steps may grow)."""
     stored = json.loads((out_dir / "config.json").read_text())
     differing = sorted(
-        key for key in set(stored) | set(resolved) if key != "steps" and stored.get(key) != resolved.get(key)
+        key
+        for key in set(stored) | set(resolved)
+        if key != "steps" and stored.get(key) != resolved.get(key)
     )
     if differing:
         raise RunFolderError(
@@ -312,7 +314,9 @@ class Run:
     def final_metrics(self, status: str) -> dict:
         final = dict(self.history[-1]) if self.history else {"step": self.state.step}
         if status == "completed" and self.resolved["evaluate_test"]:
-            test = evaluate(self.model, self.workload, self.data.test.inputs, self.data.test.targets)
+            test = evaluate(
+                self.model, self.workload, self.data.test.inputs, self.data.test.targets
+            )
             final.update({f"test_{key}": value for key, value in test.items()})
         return final
 

@@ -28,7 +28,9 @@ def reconstruction_data(dataset: str, data_dir: str | None) -> WorkloadData:
     def split(inputs):
         return Split(inputs, inputs.flatten(1))
 
-    return WorkloadData(train=split(splits.train_x), val=split(splits.val_x), test=split(splits.test_x))
+    return WorkloadData(
+        train=split(splits.train_x), val=split(splits.val_x), test=split(splits.test_x)
+    )
 
 
 register_workload(
@@ -77,7 +79,7 @@ register_workload(
 register_workload(
     Workload(
         name="mnist_autoencoder",
-        description="Deep autoencoder 784-1000-500-250-30-250-500-1000-784 (tanh) on the 5k MNIST subset",
+        description="Deep autoencoder 784-1000-...-1000-784 (tanh) on the 5k MNIST subset",
         build_model=deep_autoencoder,
         load_data=partial(reconstruction_data, "mnist-subset"),
         likelihood_name="bernoulli",

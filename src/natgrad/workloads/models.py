@@ -6,7 +6,7 @@ from torch import nn
 
 
 def mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
-    """Flatten, then fully connected layers with ``activation`` between them (not after the last)."""
+    """Flatten, then linear layers with ``activation`` between them (none after the last)."""
     layers: list[nn.Module] = [nn.Flatten()]
     for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(fan_in, fan_out))

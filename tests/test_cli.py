@@ -1,0 +1,37 @@
+"""The listing commands and the data commands of the CLI."""
+
+from __future__ import annotations
+
+from natgrad.cli import main
+
+
+def test_workloads_lists_every_workload(capsys) -> None:
+    assert main(["workloads"]) == 0
+    out = capsys.readouterr().out
+    for name in (
+        "fmnist_cnn",
+        "fmnist_autoencoder",
+        "mnist_autoencoder",
+        "fmnist_mlp",
+        "digits_mlp",
+        "digits_logreg",
+        "mnist1d_mlp",
+    ):
+        assert name in out
+    assert "likelihood=bernoulli" in out and "likelihood=categorical" in out
+
+
+def test_optimizers_lists_hyperparameters_and_spaces(capsys) -> None:
+    assert main(["optimizers", "--spaces"]) == 0
+    out = capsys.readouterr().out
+    for name in ("sgd", "momentum", "nesterov", "rmsprop", "adam", "nadam"):
+        assert f"{name} (" in out
+    assert "beta2 = 0.999" in out
+    assert "restricted" in out and "full" in out
+
+
+def test_data_list_and_bad_fetch(capsys, tmp_path) -> None:
+    assert main(["data", "list"]) == 0
+    assert "fashion-mnist" in capsys.readouterr().out
+    assert main(["data", "fetch", "cifar10", "--dest", str(tmp_path)]) == 2
+    assert "fashion-mnist" in capsys.readouterr().err
