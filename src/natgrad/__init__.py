@@ -6,7 +6,8 @@ optimizer-comparison lab.
 
 from natgrad import optim
 from natgrad.curvature.likelihoods import get_likelihood
+from natgrad.optim import KFAC, NaturalGradient
 
 __version__ = "0.1.0"
 
-__all__ = ["optim", "get_likelihood", "__version__"]
+__all__ = ["KFAC", "NaturalGradient", "optim", "get_likelihood", "__version__"]

@@ -1,6 +1,8 @@
 """Optimizers: the seed's first-order rules and the second-order methods."""
 
 from natgrad.optim.first_order import SGD, Adam, Momentum, NAdam, Nesterov, RMSProp
+from natgrad.optim.kfac import KFAC  # noqa: E402  (second-order; registers "kfac")
+from natgrad.optim.natural_gradient import NaturalGradient  # noqa: E402  (registers "ngd")
 from natgrad.optim.registry import OPTIMIZERS, get_optimizer_spec, register_optimizer
 from natgrad.optim.schedules import (
     SCHEDULE_HYPERPARAMETERS,
@@ -8,15 +10,15 @@ from natgrad.optim.schedules import (
     split_schedule_hyperparameters,
 )
 
-# Second-order optimizers (natural_gradient, kfac) are imported here as they land.
-
 __all__ = [
+    "KFAC",
     "OPTIMIZERS",
     "SCHEDULE_HYPERPARAMETERS",
     "SGD",
     "Adam",
     "Momentum",
     "NAdam",
+    "NaturalGradient",
     "Nesterov",
     "RMSProp",
     "build_schedule",
