@@ -324,3 +324,11 @@ def test_registry_builds_each_optimizer_with_workload_weight_decay(name):
     explicit = spec.build(model, BuildContext("categorical", 3e-4), {"lr": 0.5, "weight_decay": 0})
     assert explicit.param_groups[0]["weight_decay"] == 0
     assert explicit.param_groups[0]["lr"] == 0.5
+
+
+def test_sparse_gradients_are_rejected():
+    param = torch.zeros(4, requires_grad=True)
+    optimizer = Adam([param], lr=0.1)
+    param.grad = torch.sparse_coo_tensor([[0]], [1.0], (4,))
+    with pytest.raises(RuntimeError, match="Adam does not support sparse gradients"):
+        optimizer.step()

@@ -13,7 +13,7 @@ to the gradient (L2 regularization) before the rule is applied.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -68,11 +68,11 @@ class FirstOrderOptimizer(torch.optim.Optimizer):
             group.setdefault("foreach", None)
             group.setdefault("weight_decay", 0.0)
 
-    @staticmethod
-    def _gradients(params: list[Tensor], weight_decay: float) -> list[Tensor]:
+    def _gradients(self, params: list[Tensor], weight_decay: float) -> list[Tensor]:
+        """The gradients, plus ``weight_decay * theta`` (L2) when it is nonzero."""
         grads = [p.grad for p in params]
         if any(g.is_sparse for g in grads):
-            raise RuntimeError(f"{params[0].__class__.__name__} gradients must be dense")
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         if weight_decay != 0.0:
             grads = torch._foreach_add(grads, params, alpha=weight_decay)
         return grads
@@ -96,11 +96,14 @@ class FirstOrderOptimizer(torch.optim.Optimizer):
             buffers.append(state[name])
         return buffers
 
-    def _update(self, group: dict, params: list[Tensor], grads: list[Tensor], foreach: bool):
+    def _update(
+        self, group: dict, params: list[Tensor], grads: list[Tensor], foreach: bool
+    ) -> None:
+        """Apply the rule to ``params`` with hyperparameters from ``group``."""
         raise NotImplementedError
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """One update of every parameter that has a gradient; returns ``closure()`` if given."""
         loss = None
         if closure is not None:
