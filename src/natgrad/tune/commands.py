@@ -1,0 +1,134 @@
+"""Command-line front of the tuning lab: ``natgrad tune`` and ``natgrad compare``."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from natgrad.tune.folder import check_study_folder, mark_study_folder
+
+
+def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trials", type=int, required=True, help="total trials per study (K)")
+    parser.add_argument("--steps", type=int, required=True, help="training steps per trial")
+    parser.add_argument("--out", required=True, help="study folder (holds study.db by default)")
+    parser.add_argument(
+        "--storage", help="SQLAlchemy URL of a shared storage, e.g. postgresql://user@host/db"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="local worker processes")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the Halton sequence")
+    parser.add_argument("--batch-size", type=int, help="batch size (default: workload's)")
+
+
+def add_tune_parser(commands) -> None:
+    parser = commands.add_parser(
+        "tune", help="quasi-random search of one optimizer's space (an Optuna study)"
+    )
+    parser.add_argument("--workload", required=True)
+    parser.add_argument("--optimizer", required=True)
+    parser.add_argument("--space", default="full", help="restricted or full")
+    add_storage_arguments(parser)
+    parser.set_defaults(handler=run_tune)
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from natgrad.tune.launch import run_studies
+    from natgrad.tune.storage import redact, storage_url
+    from natgrad.tune.study import StudySpec, trial_records
+
+    spec = StudySpec(
+        args.workload, args.optimizer, args.space, args.steps, args.seed, args.batch_size
+    )
+    spec.validate()
+    out_dir = Path(args.out)
+    check_study_folder(out_dir, args.workload)
+    if args.storage is None:
+        mark_study_folder(out_dir, args.workload)
+    url = storage_url(out_dir, args.storage)
+    (study,) = run_studies(url, [spec], args.trials, args.workers)
+    if args.storage is not None:
+        mark_study_folder(out_dir, args.workload)
+    records = trial_records(study, args.trials)
+    print_study_summary(spec, records)
+    print(f"study {spec.name!r} in {redact(url)}")
+    print(f"browse it with: optuna-dashboard {redact(url)}")
+    return 0
+
+
+def print_study_summary(spec, records: list[dict]) -> None:
+    completed = [r for r in records if r["value"] is not None]
+    failed = len(records) - len(completed)
+    print(f"{spec.name}: {len(records)} trials, {failed} failed")
+    if completed:
+        best = min(completed, key=lambda r: r["value"])
+        shown = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in best["hyperparameters"].items()
+        )
+        print(f"best {spec.metric} {best['value']:.4g} (point {best['point_index']}): {shown}")
+
+
+def add_compare_parser(commands) -> None:
+    parser = commands.add_parser(
+        "compare", help="tune several optimizers in both spaces, re-run the best, analyse"
+    )
+    parser.add_argument("--workload", required=True)
+    parser.add_argument(
+        "--optimizers",
+        default="sgd,momentum,nesterov,rmsprop,adam,nadam",
+        help="comma-separated optimizer names",
+    )
+    parser.add_argument("--space", default="restricted,full", help="comma-separated spaces")
+    add_storage_arguments(parser)
+    parser.add_argument("--seeds", type=int, default=3, help="re-runs of each best trial")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    parser.set_defaults(handler=run_compare_command)
+
+
+def split_names(text: str, what: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise ValueError(f"{what} must name at least one entry, got {text!r}")
+    return list(dict.fromkeys(names))
+
+
+def run_compare_command(args: argparse.Namespace) -> int:
+    from natgrad.tune.compare import CompareConfig, run_compare
+
+    config = CompareConfig(
+        workload=args.workload,
+        optimizers=split_names(args.optimizers, "--optimizers"),
+        spaces=split_names(args.space, "--space"),
+        trials=args.trials,
+        steps=args.steps,
+        seeds=args.seeds,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        bootstrap=args.bootstrap,
+    )
+    results = run_compare(config, Path(args.out), storage=args.storage, workers=args.workers)
+    print_ranking(results)
+    print(
+        f"results in {Path(args.out) / 'results.json'}; write the report with: "
+        f"natgrad report {args.out}"
+    )
+    return 0
+
+
+def print_ranking(results: dict) -> None:
+    metric = results["config"]["test_metric"]
+    for space in results["config"]["spaces"]:
+        print(f"\n{space} space, {metric} of the best trial re-run (mean, 95% interval):")
+        for entry in results["ranking"][space]:
+            low, high = entry["interval"]
+            print(
+                f"  {entry['rank']}. {entry['optimizer']:10s} {entry['mean']:.4f} "
+                f"[{low:.4f}, {high:.4f}]  rank interval {entry['rank_interval']}"
+            )
+    for message in results["warnings"]:
+        print(f"warning: {message}")
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)

@@ -1,0 +1,106 @@
+"""Where studies live: an SQLite file by default, any SQLAlchemy URL to share across machines.
+
+A study folder holds ``study.db`` (SQLite, embedded, nothing to start). Passing a URL such
+as ``postgresql://user@host:5432/db`` lets worker processes on several machines share the
+same studies. Writes that must not interleave (enqueueing the quasi-random points,
+claiming the next waiting trial) run under :func:`study_lock`: an exclusive file lock
+beside the SQLite file, or a PostgreSQL advisory lock for a server.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from sqlalchemy.engine import make_url
+
+DEFAULT_STORAGE_FILE = "study.db"
+SQLITE_TIMEOUT_S = 120
+
+
+class StorageError(ValueError):
+    """A storage URL cannot be opened (bad URL, unreachable server, unreadable file)."""
+
+
+def storage_url(out_dir: Path, storage: str | None) -> str:
+    """``storage`` if given, else the SQLite file ``out_dir/study.db``."""
+    if storage:
+        return storage
+    return f"sqlite:///{(Path(out_dir) / DEFAULT_STORAGE_FILE).resolve()}"
+
+
+def redact(url: str) -> str:
+    """The URL with any password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL that does not parse is shown as given
+        return url
+
+
+@lru_cache(maxsize=8)
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """An Optuna RDB storage for ``url`` (cached per process); StorageError if unusable."""
+    engine_kwargs = {}
+    try:
+        dialect = make_url(url).get_backend_name()
+    except Exception as error:  # noqa: BLE001 - sqlalchemy raises several types here
+        raise StorageError(f"storage URL {url!r} cannot be parsed: {error}") from None
+    if dialect == "sqlite":
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+        database = make_url(url).database
+        if database and not Path(database).parent.is_dir():
+            raise StorageError(f"storage {url!r}: folder {Path(database).parent} does not exist")
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except Exception as error:  # noqa: BLE001 - drivers raise their own error types
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise StorageError(f"cannot open storage {redact(url)}: {first_line}") from None
+
+
+@lru_cache(maxsize=8)
+def _lock_engine(url: str) -> sqlalchemy.engine.Engine:
+    return sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+
+
+def _lock_key(url: str) -> int:
+    digest = hashlib.sha256(b"natgrad-study-lock").digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextmanager
+def study_lock(url: str) -> Iterator[None]:
+    """Exclusive section across every process (and machine) that shares ``url``.
+
+    SQLite: ``flock`` on ``<database>.lock``. PostgreSQL: ``pg_advisory_lock``, held by one
+    connection for the duration. Other databases: no extra lock (their transactions
+    alone must then keep enqueueing consistent; run one launcher at a time).
+    """
+    parsed = make_url(url)
+    dialect = parsed.get_backend_name()
+    if dialect == "sqlite" and parsed.database:
+        with open(f"{parsed.database}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    if dialect == "postgresql":
+        key = _lock_key(url)
+        with _lock_engine(url).connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                connection.commit()
+        return
+    yield
