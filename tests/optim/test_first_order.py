@@ -329,6 +329,6 @@ def test_registry_builds_each_optimizer_with_workload_weight_decay(name):
 def test_sparse_gradients_are_rejected():
     param = torch.zeros(4, requires_grad=True)
     optimizer = Adam([param], lr=0.1)
-    param.grad = torch.sparse_coo_tensor([[0]], [1.0], (4,))
+    param.grad = torch.sparse_coo_tensor([[0]], [1.0], (4,), check_invariants=True)
     with pytest.raises(RuntimeError, match="Adam does not support sparse gradients"):
         optimizer.step()
