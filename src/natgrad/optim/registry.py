@@ -24,6 +24,7 @@ class Hyperparameter:
     name: str
     default: HyperValue
     help: str = ""
+    nullable: bool = False  # "none" is a valid value (always so when the default is None)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,10 @@ def parse_assignments(spec: OptimizerSpec, assignments: list[str]) -> dict[str, 
             raise ValueError(
                 f"unknown hyperparameter {name!r} for optimizer {spec.name!r}; valid: {valid}"
             )
+        hyper = next(h for h in spec.hyperparameters if h.name == name)
+        if hyper.nullable and text.strip().lower() in ("none", "null"):
+            parsed[name] = None
+            continue
         parsed[name] = coerce_value(name, defaults[name], text.strip())
     return parsed
 
