@@ -201,3 +201,14 @@ def test_empirical_statistics_use_per_example_label_gradients():
     residual = (model(inputs) - targets).detach()  # per-example d nll / d output of the last layer
     torch.testing.assert_close(opt.state[model[2].weight]["G"], residual.T @ residual / 9)
     assert math.isfinite(float(opt.state[model[0].weight]["G"].sum()))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_rows_are_detected_through_the_factor_traces(bad):
+    from natgrad.curvature.kronecker import KroneckerFactors, all_finite
+
+    rows = torch.randn(6, 4)
+    good = KroneckerFactors(rows.T @ rows, torch.eye(3))
+    assert bool(all_finite([good]))
+    rows[2, 1] = bad
+    assert not bool(all_finite([good, KroneckerFactors(rows.T @ rows, torch.eye(3))]))
