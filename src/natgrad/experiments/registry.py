@@ -1,0 +1,73 @@
+"""The experiment registry: each of the seed's results is one named, runnable experiment.
+
+An experiment's ``run(out_dir, quick)`` writes its PNG figures and ``results.json`` into
+``out_dir`` and returns the results dict; ``quick=True`` runs a smaller version (for
+tests). Modules register their experiments at import; ``natgrad.experiments`` imports
+the built-in ones, so importing this module through the package fills ``EXPERIMENTS``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A named experiment: ``run(out_dir, quick) -> results`` writes figures and results.json."""
+
+    name: str
+    description: str
+    run: Callable[[Path, bool], dict]
+
+
+EXPERIMENTS: dict[str, Experiment] = {}
+
+
+def register_experiment(experiment: Experiment) -> Experiment:
+    """Add ``experiment`` to the registry; a name can be registered once."""
+    if experiment.name in EXPERIMENTS:
+        raise ValueError(f"experiment {experiment.name!r} is already registered")
+    EXPERIMENTS[experiment.name] = experiment
+    return experiment
+
+
+def get_experiment(name: str) -> Experiment:
+    """Look an experiment up by name; ValueError lists the valid names."""
+    try:
+        return EXPERIMENTS[name]
+    except KeyError:
+        valid = ", ".join(sorted(EXPERIMENTS))
+        raise ValueError(f"unknown experiment {name!r}; valid: {valid}") from None
+
+
+def write_results(out_dir: Path, results: dict) -> None:
+    """Write ``results`` as indented JSON to ``out_dir/results.json``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run tiny-model loops on one intra-op thread (faster on a shared CPU), then restore."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+__all__ = [
+    "single_thread",
+    "Experiment",
+    "EXPERIMENTS",
+    "register_experiment",
+    "get_experiment",
+    "write_results",
+]
