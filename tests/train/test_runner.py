@@ -212,3 +212,40 @@ def test_second_order_closure_contract(tmp_path: Path) -> None:
         result = train(RunConfig("digits_logreg", name, steps=5, eval_every=5), tmp_path / name)
         assert result.status == "completed", name
         assert torch.isfinite(torch.tensor(result.final["val_loss"]))
+
+
+def test_json_summary_and_plain_progress_lines(tmp_path: Path, capsys) -> None:
+    code = main(
+        [
+            "train",
+            "--workload",
+            "digits_logreg",
+            "--optimizer",
+            "nesterov",
+            "--steps",
+            "10",
+            "--eval-every",
+            "5",
+            "--json",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    assert code == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["status"] == "completed" and summary["step"] == 10
+    assert "steps/s" in captured.err and "eta" in captured.err  # not a terminal: log lines
+
+
+def test_resume_refuses_a_different_configuration(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(RunConfig("digits_logreg", "sgd", steps=5, checkpoint_every=5), out)
+    with pytest.raises(RunFolderError, match="hyperparameters"):
+        train(
+            RunConfig("digits_logreg", "sgd", steps=5, hyperparameters={"lr": 0.5}),
+            out,
+            resume=True,
+        )
+    longer = train(RunConfig("digits_logreg", "sgd", steps=8, checkpoint_every=5), out, resume=True)
+    assert longer.step == 8 and longer.status == "completed"
