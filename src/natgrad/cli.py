@@ -179,12 +179,14 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+from natgrad.report.commands import add_report_parser  # noqa: E402
 from natgrad.tune.commands import add_compare_parser, add_tune_parser  # noqa: E402
 
 PARSER_BUILDERS: list[Callable] = [
     add_train_parser,
     add_tune_parser,
     add_compare_parser,
+    add_report_parser,
     add_workloads_parser,
     add_optimizers_parser,
     add_data_parser,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from natgrad.tune.folder import check_study_folder, mark_study_folder
@@ -128,7 +127,3 @@ def print_ranking(results: dict) -> None:
             )
     for message in results["warnings"]:
         print(f"warning: {message}")
-
-
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)

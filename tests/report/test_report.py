@@ -1,0 +1,135 @@
+"""Smoke comparison + report on embedded data, and the HTML rendered in headless Chromium."""
+
+import json
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from natgrad import cli
+
+SMOKE = [
+    "--workload",
+    "digits_mlp",
+    "--optimizers",
+    "sgd,momentum,adam",
+    "--trials",
+    "3",
+    "--steps",
+    "30",
+    "--seeds",
+    "2",
+    "--bootstrap",
+    "200",
+]
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("compare")
+    assert cli.main(["compare", *SMOKE, "--out", str(folder)]) == 0
+    assert cli.main(["report", str(folder)]) == 0
+    return folder
+
+
+def test_results_hold_the_protocol(comparison):
+    results = json.loads((comparison / "results.json").read_text())
+    assert set(results["ranking"]) == {"restricted", "full"}
+    for space in ("restricted", "full"):
+        assert sorted(e["rank"] for e in results["ranking"][space]) == [1, 2, 3]
+        assert {(c["included"], c["general"]) for c in results["inclusion"][space]} == {
+            ("sgd", "momentum"),
+            ("momentum", "adam"),
+        }
+        for optimizer in ("sgd", "momentum", "adam"):
+            study = results["studies"][optimizer][space]
+            assert len(study["trials"]) == 3 and len(study["best_of_k"]["median"]) == 3
+            assert [r["seed"] for r in study["reruns"]] == [1, 2]
+            assert all("test_error" in r["final"] for r in study["reruns"])
+            best = min(t["value"] for t in study["trials"] if t["value"] is not None)
+            assert study["best"]["value"] == best
+    assert (comparison / "reruns" / "adam-full" / "seed2" / "metrics.jsonl").exists()
+
+
+def test_compare_again_reuses_finished_work(comparison, capsys):
+    before = (comparison / "reruns" / "sgd-full" / "seed1" / "summary.json").stat().st_mtime_ns
+    assert cli.main(["compare", *SMOKE, "--out", str(comparison)]) == 0
+    after = (comparison / "reruns" / "sgd-full" / "seed1" / "summary.json").stat().st_mtime_ns
+    assert before == after
+    assert "[tune] trials 18/18 done" in capsys.readouterr().err
+
+
+def test_markdown_report_names_its_sections_and_figures(comparison):
+    markdown = (comparison / "report.md").read_text()
+    for heading in (
+        "Ranking, restricted space",
+        "Ranking, full space",
+        "Inclusion consistency",
+        "Rank flips",
+        "Chosen hyperparameters",
+        "Figures",
+    ):
+        assert f"## {heading}" in markdown
+    for figure in re.findall(r"\]\(([\w.]+\.png)\)", markdown):
+        assert (comparison / figure).stat().st_size > 1000
+    assert {
+        "best_of_k.png",
+        "final_error.png",
+        "curves_steps.png",
+        "curves_wallclock.png",
+        "lr_eps.png",
+    } <= set(re.findall(r"\]\(([\w.]+\.png)\)", markdown))
+
+
+def test_html_report_is_self_contained(comparison):
+    page = (comparison / "report.html").read_text()
+    sources = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    assert len(sources) == 5 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "http://" not in page and "https://" not in page
+
+
+def test_report_without_results_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path)]) == 2
+    assert "holds no results.json" in capsys.readouterr().err
+
+
+CHECK_SCRIPT = """<script>
+window.addEventListener('load', function () {
+  var images = document.images, loaded = 0;
+  for (var i = 0; i < images.length; i++) {
+    if (images[i].complete && images[i].naturalWidth > 0) { loaded++; }
+  }
+  var status = document.createElement('p');
+  status.id = 'image-check';
+  status.textContent = 'images ' + loaded + '/' + images.length;
+  document.body.appendChild(status);
+});
+</script></body>"""
+
+
+@pytest.mark.chromium
+def test_html_report_renders_with_its_images_in_chromium(comparison, chromium):
+    page = (comparison / "report.html").read_text().replace("</body>", CHECK_SCRIPT)
+    with tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder) / "probe.html"
+        probe.write_text(page)
+        command = [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={folder}/profile",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probe.as_uri(),
+        ]
+        dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    assert "Optimizer comparison: digits_mlp" in dom
+    assert 'id="image-check">images 5/5<' in dom

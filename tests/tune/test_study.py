@@ -1,0 +1,248 @@
+"""Quasi-random studies: points, resume/extend, failures, lost trials, workers, storages."""
+
+import hashlib
+import time
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from natgrad import cli
+from natgrad.train import RunResult
+from natgrad.tune import study as study_module
+from natgrad.tune.launch import run_studies
+from natgrad.tune.spaces import load_space
+from natgrad.tune.storage import StorageError, open_storage, storage_url
+from natgrad.tune.study import (
+    StudySpec,
+    claim_next_trial,
+    point_parameters,
+    prepare_studies,
+    quasi_random_points,
+    trial_records,
+    work,
+)
+
+SPEC = StudySpec("digits_logreg", "sgd", "restricted", steps=5)
+
+
+def test_halton_points_are_a_stratified_seeded_prefix():
+    short, long = quasi_random_points(3, 8, seed=5), quasi_random_points(3, 16, seed=5)
+    np.testing.assert_array_equal(short, long[:8])
+    assert not np.allclose(short, quasi_random_points(3, 8, seed=6))
+    assert ((short >= 0) & (short < 1)).all()
+    # Base 2 in the first coordinate: the first 2^m points fill the 2^m cells once each.
+    assert sorted(np.floor(long[:, 0] * 16).astype(int)) == list(range(16))
+    assert sorted(np.floor(quasi_random_points(2, 9, seed=5)[:, 1] * 9).astype(int)) == list(
+        range(9)
+    )
+
+
+def test_point_parameters_show_the_values_the_trial_trains_with():
+    space = load_space("adam", "full")
+    point = quasi_random_points(space.dimension, 1, seed=0)[0]
+    shown = point_parameters(space, point)
+    hyper = space.to_hyperparameters(point, total_steps=200)
+    assert shown["lr"][0] == pytest.approx(hyper["lr"])
+    assert shown["one_minus_beta1"][0] == pytest.approx(1 - hyper["beta1"])
+    assert shown["eps"][0] == pytest.approx(hyper["eps"])
+    assert round(shown["decay_steps_fraction"][0] * 200) == hyper["decay_steps"]
+    for value, distribution in shown.values():
+        assert distribution.low <= value <= distribution.high
+
+
+def all_point_indices(url, name):
+    study = optuna.load_study(study_name=name, storage=url)
+    return [t.user_attrs["point_index"] for t in study.trials]
+
+
+def test_tune_resumes_and_extends_without_losing_or_repeating_trials(tmp_path, capsys):
+    args = [
+        "tune",
+        "--workload",
+        "digits_logreg",
+        "--optimizer",
+        "sgd",
+        "--space",
+        "restricted",
+        "--steps",
+        "5",
+        "--out",
+        str(tmp_path),
+    ]
+    assert cli.main([*args, "--trials", "3"]) == 0
+    url = storage_url(tmp_path, None)
+    first = {t.number: t.value for t in optuna.load_study(study_name=SPEC.name, storage=url).trials}
+    assert cli.main([*args, "--trials", "3"]) == 0
+    assert cli.main([*args, "--trials", "5"]) == 0
+    study = optuna.load_study(study_name=SPEC.name, storage=url)
+    assert sorted(all_point_indices(url, SPEC.name)) == [0, 1, 2, 3, 4]
+    assert {t.number: t.value for t in study.trials if t.number in first} == first
+    points = quasi_random_points(1, 5, seed=0)
+    space = load_space("sgd", "restricted")
+    for trial in study.trials:
+        expected = space.to_hyperparameters(points[trial.user_attrs["point_index"]])
+        assert trial.params["lr"] == pytest.approx(expected["lr"])
+    output = capsys.readouterr()
+    assert "optuna-dashboard" in output.out and "[tune] trials 5/5 done" in output.err
+
+
+def test_diverged_and_crashed_trials_are_failed_with_their_reason(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_train(config):
+        calls.append(config)
+        if len(calls) == 1:
+            return RunResult("diverged", 3, {"step": 3}, [], None, diverged_at_step=3)
+        if len(calls) == 2:
+            raise RuntimeError("linear solve failed")
+        return RunResult(
+            "completed", 5, {"val_error": 0.25}, [{"step": 5, "wall_time": 0.1, "val_error": 0.25}]
+        )
+
+    monkeypatch.setattr(study_module, "train", fake_train)
+    url = storage_url(tmp_path, None)
+    (study,) = prepare_studies(url, [SPEC], 3)
+    assert work(url, [SPEC], 3) == 3
+    records = trial_records(study, 3)
+    assert [r["status"] for r in records] == ["diverged", "error", "completed"]
+    assert "non-finite at step 3" in records[0]["reason"]
+    assert "RuntimeError: linear solve failed" in records[1]["reason"]
+    assert [r["value"] for r in records] == [None, None, 0.25]
+    assert [t.state for t in study.trials] == [
+        TrialState.FAIL,
+        TrialState.FAIL,
+        TrialState.COMPLETE,
+    ]
+
+
+def test_a_lost_trial_is_marked_and_its_point_run_again(tmp_path):
+    url = storage_url(tmp_path, None)
+    (study,) = prepare_studies(url, [SPEC], 2)
+    trial = claim_next_trial(study, 2)
+    study._storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time() - 10_000)
+    prepare_studies(url, [SPEC], 2)
+    assert work(url, [SPEC], 2) == 2
+    states = {t.number: (t.state, t.user_attrs.get("status")) for t in study.trials}
+    assert states[trial.number] == (TrialState.FAIL, "lost")
+    records = trial_records(study, 2)
+    assert [r["point_index"] for r in records] == [0, 1]
+    assert all(r["status"] == "completed" for r in records)
+
+
+def check_each_point_once(url, name, trials):
+    study = optuna.load_study(study_name=name, storage=url)
+    assert sorted(all_point_indices(url, name)) == list(range(trials))
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+
+
+def test_two_worker_processes_share_one_sqlite_study(tmp_path):
+    url = storage_url(tmp_path, None)
+    run_studies(url, [SPEC], 6, workers=2, progress=False)
+    check_each_point_once(url, SPEC.name, 6)
+
+
+@pytest.mark.postgres
+def test_postgresql_storage_with_workers_resumes_and_extends(postgres_url):
+    run_studies(postgres_url, [SPEC], 4, workers=2, progress=False)
+    run_studies(postgres_url, [SPEC], 6, workers=1, progress=False)
+    check_each_point_once(postgres_url, SPEC.name, 6)
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def existing_study(tmp_path):
+    args = [
+        "tune",
+        "--workload",
+        "digits_logreg",
+        "--optimizer",
+        "sgd",
+        "--space",
+        "restricted",
+        "--steps",
+        "5",
+        "--trials",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
+    assert cli.main(args) == 0
+    return tmp_path
+
+
+BAD_INPUTS = {
+    "unknown optimizer": (
+        [
+            "compare",
+            "--workload",
+            "digits_logreg",
+            "--optimizers",
+            "sgd,adamw",
+            "--trials",
+            "2",
+            "--steps",
+            "5",
+        ],
+        "unknown optimizer(s) 'adamw' in --optimizers; valid:",
+    ),
+    "other workload": (
+        ["tune", "--workload", "digits_mlp", "--optimizer", "sgd", "--trials", "2", "--steps", "5"],
+        "holds studies of workload 'digits_logreg', not 'digits_mlp'",
+    ),
+    "other steps": (
+        [
+            "tune",
+            "--workload",
+            "digits_logreg",
+            "--optimizer",
+            "sgd",
+            "--space",
+            "restricted",
+            "--trials",
+            "2",
+            "--steps",
+            "7",
+        ],
+        "was made with other settings (steps: stored 5, asked 7)",
+    ),
+    "unreachable server": (
+        [
+            "tune",
+            "--workload",
+            "digits_logreg",
+            "--optimizer",
+            "sgd",
+            "--trials",
+            "2",
+            "--steps",
+            "5",
+            "--storage",
+            "postgresql+psycopg2://nobody:secret@127.0.0.1:1/none",
+        ],
+        "cannot open storage postgresql+psycopg2://nobody:***@127.0.0.1:1/none",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_a_clear_error_and_leaves_studies_untouched(existing_study, capsys, case):
+    arguments, message = BAD_INPUTS[case]
+    database = existing_study / "study.db"
+    before = digest(database)
+    assert cli.main([*arguments, "--out", str(existing_study)]) == 2
+    assert message in capsys.readouterr().err
+    assert digest(database) == before
+
+
+def test_storage_errors_name_the_url(tmp_path):
+    with pytest.raises(StorageError, match="does not exist"):
+        open_storage(f"sqlite:///{tmp_path}/missing/study.db")
+    with pytest.raises(StorageError, match="cannot be parsed"):
+        open_storage("not a url")
+    with pytest.raises(ValueError, match="trials must be an integer >= 1"):
+        prepare_studies(storage_url(tmp_path, None), [SPEC], 0)
