@@ -47,9 +47,9 @@ def run_demo(
     out_dir: Path,
     workload: str | None = None,
     optimizers: Sequence[str] | None = None,
-    trials: int = 6,
+    trials: int = 8,
     steps: int = 300,
-    seeds: int = 2,
+    seeds: int = 3,
 ) -> dict:
     """Compare ``optimizers`` on ``workload`` in both spaces; write the report into ``out_dir``."""
     config = CompareConfig(
