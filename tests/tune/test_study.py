@@ -246,3 +246,23 @@ def test_storage_errors_name_the_url(tmp_path):
         open_storage("not a url")
     with pytest.raises(ValueError, match="trials must be an integer >= 1"):
         prepare_studies(storage_url(tmp_path, None), [SPEC], 0)
+
+
+def test_an_interrupted_trial_stops_the_worker_and_is_run_again(tmp_path, monkeypatch):
+    real_train = study_module.train
+    monkeypatch.setattr(
+        study_module, "train", lambda config: RunResult("interrupted", 2, {"step": 2}, [])
+    )
+    url = storage_url(tmp_path, None)
+    (study,) = prepare_studies(url, [SPEC], 2)
+    with pytest.raises(KeyboardInterrupt, match="interrupted"):
+        work(url, [SPEC], 2)
+    assert [trial_status_of(t) for t in study.trials] == ["interrupted", "waiting"]
+    monkeypatch.setattr(study_module, "train", real_train)
+    prepare_studies(url, [SPEC], 2)
+    assert work(url, [SPEC], 2) == 2
+    assert [r["point_index"] for r in trial_records(study, 2)] == [0, 1]
+
+
+def trial_status_of(trial):
+    return study_module.trial_status(trial)

@@ -83,7 +83,10 @@ def _worker_main(url: str, spec_dicts: list[dict], trials: int) -> None:
     import torch
 
     torch.set_num_threads(1)
-    work(url, [StudySpec(**spec) for spec in spec_dicts], trials)
+    try:
+        work(url, [StudySpec(**spec) for spec in spec_dicts], trials)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 def spawn_workers(url: str, specs: list[StudySpec], trials: int, workers: int) -> list:

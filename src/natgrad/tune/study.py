@@ -366,7 +366,8 @@ def work(
     """Claim and run waiting trials of ``specs`` (in order) until none is left; returns the count.
 
     Several processes (or machines sharing a server) may run this at once on the same
-    studies. Stops early, after recording it, when a trial is interrupted by a signal.
+    studies. A trial interrupted by a signal is recorded (its point is enqueued again
+    on the next run) and then KeyboardInterrupt is raised, so callers stop too.
     """
     studies = [open_study(url, spec) for spec in specs]
     done = 0
@@ -385,7 +386,7 @@ def work(
         if on_trial is not None:
             on_trial()
         if status == "interrupted":
-            return done
+            raise KeyboardInterrupt(f"trial {claimed[1].number} of {claimed[2].name} interrupted")
 
 
 def trial_records(study: optuna.Study, trials: int) -> list[dict]:
