@@ -84,8 +84,10 @@ def test_rank_flips_and_steps_to_target():
     restricted = ranking(momentum=[0.10, 0.10], adam=[0.20, 0.20], sgd=[0.30, 0.30])
     full = ranking(momentum=[0.10, 0.10], adam=[0.05, 0.05], sgd=[0.30, 0.30])
     assert analysis.rank_flips(restricted, full) == [
-        {"first_better": "momentum", "then_better": "adam"}
+        {"first_better": "momentum", "then_better": "adam", "intervals_apart": True}
     ]
+    noisy = ranking(momentum=[0.10, 0.30], adam=[0.05, 0.25], sgd=[0.30, 0.30])
+    assert analysis.rank_flips(restricted, noisy)[0]["intervals_apart"] is False
     history = [[0, 0.0, 0.9, math.nan], [50, 1.0, 0.2, 0.5], [100, 2.0, 0.04, 0.1]]
     assert analysis.steps_to_target(history, 0.05) == 100
     assert analysis.steps_to_target(history, 0.01) is None

@@ -60,6 +60,9 @@ def ranking_blocks(results: dict) -> list[Block]:
     return blocks
 
 
+FLIP_NOTES = {True: " (intervals apart in both)", False: " (within the intervals)", None: ""}
+
+
 def checks_blocks(results: dict) -> list[Block]:
     items = [
         c["message"] for space in results["config"]["spaces"] for c in results["inclusion"][space]
@@ -67,6 +70,7 @@ def checks_blocks(results: dict) -> list[Block]:
     flips = [
         f"{f['first_better']} beats {f['then_better']} in the restricted space, "
         f"{f['then_better']} beats {f['first_better']} in the full space"
+        + FLIP_NOTES[f.get("intervals_apart")]
         for f in results["rank_flips"]
     ]
     blocks = [

@@ -140,7 +140,7 @@ def boundary_warnings(space: SearchSpace, point: Sequence[float], label: str) ->
 
 
 def rank_flips(first: list[dict], second: list[dict]) -> list[dict]:
-    """Pairs of optimizers whose order differs between two rankings (e.g. restricted, full)."""
+    """Pairs ordered differently by two rankings; whether their intervals are apart in both."""
     first_mean = {e["optimizer"]: e for e in first}
     second_mean = {e["optimizer"]: e for e in second}
     names = sorted(set(first_mean) & set(second_mean))
@@ -151,8 +151,22 @@ def rank_flips(first: list[dict], second: list[dict]) -> list[dict]:
             after = second_mean[a]["mean"] - second_mean[b]["mean"]
             if before * after < 0:
                 winner_first, winner_second = (a, b) if before < 0 else (b, a)
-                flips.append({"first_better": winner_first, "then_better": winner_second})
+                separated = _apart(first_mean[a], first_mean[b]) and _apart(
+                    second_mean[a], second_mean[b]
+                )
+                flips.append(
+                    {
+                        "first_better": winner_first,
+                        "then_better": winner_second,
+                        "intervals_apart": separated,
+                    }
+                )
     return flips
+
+
+def _apart(one: dict, other: dict) -> bool:
+    """Whether the two 95% intervals do not overlap."""
+    return one["interval"][1] < other["interval"][0] or other["interval"][1] < one["interval"][0]
 
 
 def steps_to_target(history: Sequence[Sequence[float]], target: float) -> int | None:
