@@ -96,7 +96,7 @@ def test_quick_experiment_writes_results_and_figure(tmp_path):
     stored = json.loads((tmp_path / "results.json").read_text())
     assert stored["target_loss"] == pytest.approx(results["target_loss"])
     assert (tmp_path / "kfac_vs_sgd.png").stat().st_size > 10_000
-    for name in ("kfac", "momentum"):
+    for name in ("kfac_adaptive", "momentum"):
         by_batch = results["kept"][name]
         assert set(by_batch) == {"50", "200"}
         assert results["per_step_gain"][name]["50"] == 1.0

@@ -104,8 +104,12 @@ def test_levenberg_marquardt_rule_directions_and_bounds():
     assert levenberg_marquardt_damping(1e-9, 0.9, omega, 1e-8, 10.0) == 1e-8
 
 
-def test_quadratic_model_alpha_mu_match_dense_two_by_two_solve():
+@pytest.mark.parametrize("model_fraction", [1.0, 0.5])
+def test_quadratic_model_alpha_mu_match_dense_two_by_two_solve(model_fraction):
+    """alpha, mu solve the 2x2 model with the dense Fisher of the model's examples
+    (the first ceil(model_fraction * m)) and the whole batch's gradient."""
     model, inputs, targets = _regression(2)
+    count = math.ceil(model_fraction * inputs.shape[0])
     damping, weight_decay = 0.1, 0.01
     kwargs = dict(
         damping=damping,
@@ -115,7 +119,7 @@ def test_quadratic_model_alpha_mu_match_dense_two_by_two_solve():
         stat_decay=0.0,
         inv_every=1,
     )
-    opt = KFAC(model, lr=1.0, adapt_step=True, **kwargs)
+    opt = KFAC(model, lr=1.0, adapt_step=True, model_fraction=model_fraction, **kwargs)
     closure = _closure(opt, model, inputs, targets)
     previous = None
     for _ in range(3):
@@ -129,7 +133,7 @@ def test_quadratic_model_alpha_mu_match_dense_two_by_two_solve():
         opt.step(closure)
         update = (flatten_params(model) - flatten_params(before)).double()
         wide = before.double()
-        curvature = dense_fisher(wide, inputs.double(), "gaussian", kind="exact")
+        curvature = dense_fisher(wide, inputs[:count].double(), "gaussian", kind="exact")
         curvature += (damping + weight_decay) * torch.eye(len(update), dtype=torch.float64)
         grad = _full_gradient(before, inputs, targets, weight_decay)
         if previous is None:
@@ -313,6 +317,8 @@ def test_lr_scheduler_drives_the_param_group_and_the_fallback():
         (dict(stat_every=0), "stat_every"),
         (dict(stat_fraction=0.0), "stat_fraction"),
         (dict(stat_fraction=1.5), "stat_fraction"),
+        (dict(model_fraction=0.0), "model_fraction"),
+        (dict(model_fraction=2.0), "model_fraction"),
         (dict(momentum=1.5), "momentum"),
         (dict(fisher="hessian"), "empirical"),
         (dict(inverse="qr"), "eigen"),

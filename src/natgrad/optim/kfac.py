@@ -32,10 +32,11 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call, jvp
 
 from natgrad.curvature.capture import (
     CurvatureCapture,
@@ -43,6 +44,7 @@ from natgrad.curvature.capture import (
     find_tracked_layers,
     unwrap_model,
 )
+from natgrad.curvature.dense import parameter_dict
 from natgrad.curvature.kronecker import (
     FISHER_KINDS,
     KroneckerFactors,
@@ -53,6 +55,7 @@ from natgrad.curvature.kronecker import (
     update_running_factors,
 )
 from natgrad.curvature.likelihoods import get_likelihood
+from natgrad.curvature.output_space import fisher_output_curvature
 from natgrad.optim.registry import (
     BuildContext,
     Hyperparameter,
@@ -113,8 +116,9 @@ def _check_arguments(args: dict) -> None:
             raise ValueError(f"{name} must be >= 0, got {args[name]!r}")
     _check_range("momentum", args["momentum"], 0.0, 1.0, closed_high=True)
     _check_range("stat_decay", args["stat_decay"], 0.0, 1.0, closed_high=False)
-    if not 0.0 < args["stat_fraction"] <= 1.0:
-        raise ValueError(f"stat_fraction must be in (0, 1], got {args['stat_fraction']!r}")
+    for name in ("stat_fraction", "model_fraction"):
+        if not 0.0 < args[name] <= 1.0:
+            raise ValueError(f"{name} must be in (0, 1], got {args[name]!r}")
     for name in ("stat_every", "inv_every"):
         if not (isinstance(args[name], int) and args[name] >= 1):
             raise ValueError(f"{name} must be an integer >= 1, got {args[name]!r}")
@@ -152,6 +156,9 @@ class KFAC(torch.optim.Optimizer):
         stat_decay: EMA decay of the factors in [0, 1) (warm-up min(1 - 1/k, decay)).
         stat_every, inv_every: periods (steps) of statistics and of inverses.
         stat_fraction: statistics on the first ceil(stat_fraction * m) examples.
+        model_fraction: the Fisher products of the quadratic model (``adapt_step`` and
+            the damping rule) on the first ceil(model_fraction * m) examples; the
+            gradient is always the whole batch's.
         inverse: "cholesky" or "eigen" (damping can change without a new decomposition).
         adapt_damping: Levenberg-Marquardt rule every ``damping_config.interval`` steps.
         adapt_step: alpha and mu from the quadratic model with exact GGN products.
@@ -174,6 +181,7 @@ class KFAC(torch.optim.Optimizer):
         stat_every: int = 1,
         inv_every: int = 20,
         stat_fraction: float = 1.0,
+        model_fraction: float = 1.0,
         inverse: str = "cholesky",
         adapt_damping: bool = False,
         adapt_step: bool = False,
@@ -189,6 +197,7 @@ class KFAC(torch.optim.Optimizer):
         self.fisher, self.inverse_method = fisher, inverse
         self.stat_decay, self.stat_every, self.inv_every = stat_decay, stat_every, inv_every
         self.stat_fraction, self.kl_clip = stat_fraction, kl_clip
+        self.model_fraction = model_fraction
         self.adapt_damping, self.adapt_step = adapt_damping, adapt_step
         self.damping_config = damping_config
         self.layers = self._find_layers(model, tuple(exclude))
@@ -465,33 +474,59 @@ class KFAC(torch.optim.Optimizer):
         params = [p for p in unwrap_model(self.model).parameters() if p.requires_grad]
         return [by_param.get(id(p), torch.zeros_like(p)).to(p.dtype) for p in params]
 
-    def _fisher_products(
-        self, directions: list[list[Tensor | None]], batch_inputs: tuple
-    ) -> list[list[Tensor]]:
-        from natgrad.curvature.products import ggn_vector_product
+    def _model_inputs(self, batch_inputs: tuple) -> tuple:
+        """The first ceil(model_fraction * m) examples: the batch of the quadratic model."""
+        batch_size = next(
+            (x.shape[0] for x in batch_inputs if isinstance(x, Tensor) and x.dim() > 0), None
+        )
+        if batch_size is None or self.model_fraction == 1.0:
+            return batch_inputs
+        count = math.ceil(self.model_fraction * batch_size)
+        return _slice_batch(batch_inputs, batch_size, count)
 
+    def _output_directions(
+        self, directions: list[list[Tensor | None]], inputs: tuple
+    ) -> tuple[list[Tensor], Tensor]:
+        """J u for each direction u (forward mode only) and the network outputs."""
         model = unwrap_model(self.model)
-        products = []
-        with torch.enable_grad():
-            for direction in directions:
-                vector = self._directions_as_param_list(direction)
-                products.append(ggn_vector_product(model, batch_inputs, self.likelihood, vector))
-        return products
+        params = parameter_dict(model)
+
+        def outputs_of(values: dict[str, Tensor]) -> Tensor:
+            return functional_call(model, values, inputs).flatten(1)
+
+        pushed, outputs = [], None
+        for direction in directions:
+            vector = self._directions_as_param_list(direction)
+            tangents = dict(zip(params, vector, strict=True))
+            outputs, jv = jvp(outputs_of, (params,), (tangents,))
+            pushed.append(jv)
+        return pushed, outputs
 
     def _gram(self, directions: list[list[Tensor | None]], batch_inputs: tuple, grads: list):
-        """[u_i^T F u_j], [u_i^T u_j], [grad^T u_i] for the per-layer directions u_i."""
+        """[u_i^T F u_j], [u_i^T u_j], [grad^T u_i] for the per-layer directions u_i.
+
+        u_i^T F u_j = <J u_i, M J u_j> with M the output-space Fisher (= GGN) of the mean
+        loss on the quadratic model's examples (REFERENCES.md s.2): forward-mode products
+        only, no backward pass and no parameter-space product.
+        """
         flat = [self._directions_as_param_list(u) for u in directions]
         grad_flat = self._directions_as_param_list(
             [None if g is None else g.float() for g in grads]
         )
-        products = self._fisher_products(directions, batch_inputs)
+        with torch.enable_grad():
+            pushed, outputs = self._output_directions(directions, self._model_inputs(batch_inputs))
+        curvature = fisher_output_curvature(self.likelihood, outputs, kind="exact")
+        curved = [curvature.product(jv) for jv in pushed]
 
         def dot(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
             return sum((x.float() * y.float()).sum() for x, y in zip(xs, ys, strict=True))
 
         size = len(directions)
         fisher_gram = torch.stack(
-            [torch.stack([dot(flat[i], products[j]) for j in range(size)]) for i in range(size)]
+            [
+                torch.stack([(pushed[i].float() * curved[j].float()).sum() for j in range(size)])
+                for i in range(size)
+            ]
         )
         fisher_gram = 0.5 * (fisher_gram + fisher_gram.T)
         inner_gram = torch.stack(
@@ -625,10 +660,34 @@ KFAC_HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("stat_every", 1, "steps between statistics updates (int >= 1)"),
     Hyperparameter("inv_every", 20, "steps between inverses (int >= 1)"),
     Hyperparameter("stat_fraction", 0.125, "fraction of the batch for statistics in (0, 1]"),
+    Hyperparameter(
+        "model_fraction", 0.125, "fraction of the batch for the quadratic model in (0, 1]"
+    ),
     Hyperparameter("inverse", "cholesky", "inverse method: cholesky | eigen"),
     Hyperparameter("adapt_damping", False, "Levenberg-Marquardt damping every 5 steps"),
     Hyperparameter("adapt_step", False, "alpha and mu from the quadratic model"),
-    Hyperparameter("kl_clip", 1e-3, "KL-clip constant C > 0, or None for no clipping"),
+    Hyperparameter(
+        "kl_clip", 1e-3, "KL-clip constant C > 0, or None for no clipping", nullable=True
+    ),
+)
+
+# The full algorithm of Martens & Grosse (2015, s.6-7): alpha and mu from the quadratic
+# model and Levenberg-Marquardt damping from lambda_0 = 1, with every expensive part
+# amortized (statistics and the model's Fisher products on 1/8 of the batch, inverses
+# every 20 steps). On fmnist_autoencoder it reaches a given training loss in far fewer
+# steps than the fixed-lr rule with KL clipping, for a few percent more time per step
+# (docs/RESULTS.md, "K-FAC"); lr, momentum and kl_clip are unused.
+_ADAPTIVE_DEFAULTS = {
+    "damping": 1.0,
+    "adapt_damping": True,
+    "adapt_step": True,
+    "kl_clip": None,
+}
+KFAC_ADAPTIVE_HYPERPARAMETERS: tuple[Hyperparameter, ...] = tuple(
+    replace(h, default=_ADAPTIVE_DEFAULTS[h.name], nullable=h.nullable or h.name == "kl_clip")
+    if h.name in _ADAPTIVE_DEFAULTS
+    else h
+    for h in KFAC_HYPERPARAMETERS
 )
 
 
@@ -650,4 +709,20 @@ register_optimizer(
     )
 )
 
-__all__ = ["KFAC", "DampingConfig", "build_kfac", "KFAC_HYPERPARAMETERS"]
+register_optimizer(
+    OptimizerSpec(
+        name="kfac_adaptive",
+        description="K-FAC with the quadratic-model step and Levenberg-Marquardt damping",
+        build=build_kfac,
+        hyperparameters=KFAC_ADAPTIVE_HYPERPARAMETERS + SCHEDULE_HYPERPARAMETERS,
+        second_order=True,
+    )
+)
+
+__all__ = [
+    "KFAC",
+    "DampingConfig",
+    "build_kfac",
+    "KFAC_HYPERPARAMETERS",
+    "KFAC_ADAPTIVE_HYPERPARAMETERS",
+]

@@ -1,0 +1,212 @@
+"""Time to a target training loss on fmnist_autoencoder: K-FAC against tuned Adam and Momentum.
+
+Every optimizer gets a small grid: Adam and Momentum over learning rates; K-FAC as
+``kfac_adaptive`` (alpha and mu from the quadratic model, Levenberg-Marquardt damping)
+over the initial damping, and the fixed-lr ``kfac`` at its registry defaults for
+reference. All runs start from the same seeded initialization and see the same batches
+(the runner's), and they advance round-robin, one step each per round, so that all of
+them share the machine load of the moment. A run stops when its training loss (mean
+of its last 10 mini-batch losses) reaches ``--target``, or after ``--time-limit``
+seconds of its own training time (evaluation is not run).
+
+"Tuned" means the fastest grid point to the target. Two K-FAC variants check that the
+amortized defaults (statistics and the quadratic model's Fisher products on 1/8 of the
+batch) cost no progress per step: each does that part on the whole batch instead.
+Usage::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_kfac_time_to_target.py \
+        [--batch 1000] [--target 250] [--time-limit 200] [--out runs/kfac_time_to_target]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from natgrad.experiments.kfac_vs_sgd import SMOOTHING, Curve, CurveRun, run_interleaved
+
+WORKLOAD = "fmnist_autoencoder"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: a label, the registry optimizer, its hyperparameters, grid point or variant."""
+
+    label: str
+    optimizer: str
+    hyperparameters: dict
+    variant: bool = False
+
+
+def grid(args: argparse.Namespace) -> list[RunSpec]:
+    """Every run of the benchmark: the three grids, then the K-FAC variants."""
+    runs = [RunSpec(f"adam lr={lr:g}", "adam", {"lr": lr}) for lr in args.adam_lrs]
+    runs += [
+        RunSpec(f"momentum lr={lr:g}", "momentum", {"lr": lr, "momentum": 0.9})
+        for lr in args.momentum_lrs
+    ]
+    runs += [RunSpec(f"kfac (fixed lr) C={c:g}", "kfac", {"kl_clip": c}) for c in args.kl_clips]
+    runs += [
+        RunSpec(f"kfac_adaptive damping0={d:g}", "kfac_adaptive", {"damping": d})
+        for d in args.dampings
+    ]
+    variants = {
+        "stats on whole batch": {"stat_fraction": 1.0},
+        "model on whole batch": {"model_fraction": 1.0},
+    }
+    for name, extra in variants.items():
+        hparams = {"damping": args.variant_damping, **extra}
+        label = f"kfac_adaptive damping0={args.variant_damping:g}, {name}"
+        runs.append(RunSpec(label, "kfac_adaptive", hparams, True))
+    return runs
+
+
+def summarize(spec: RunSpec, curve: Curve, target: float) -> dict:
+    steps = len(curve.wall_times)
+    step_times = [
+        b - a for a, b in zip([0.0] + curve.wall_times[:-1], curve.wall_times, strict=True)
+    ]
+    return {
+        "label": spec.label,
+        "variant": spec.variant,
+        "optimizer": curve.optimizer,
+        "hyperparameters": curve.hyperparameters,
+        "status": curve.status,
+        "steps_run": steps,
+        "seconds_to_target": curve.time_to(target),
+        "steps_to_target": curve.steps_to(target),
+        "median_step_ms": 1e3 * statistics.median(step_times) if step_times else None,
+        "final_smoothed_loss": curve.smoothed()[-1] if curve.losses else None,
+    }
+
+
+def best(records: list[dict], optimizer: str) -> dict | None:
+    """The grid point of ``optimizer`` (variants excluded) that reaches the target first."""
+    reached = [
+        r
+        for r in records
+        if r["optimizer"] == optimizer and r["seconds_to_target"] is not None and not r["variant"]
+    ]
+    return min(reached, key=lambda r: r["seconds_to_target"]) if reached else None
+
+
+def plot(curves: dict[str, Curve], records: list[dict], target: float, path: Path) -> None:
+    """Smoothed training loss against time and steps; the winners bold, variants dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {
+        "adam": "tab:green",
+        "momentum": "tab:blue",
+        "kfac": "tab:orange",
+        "kfac_adaptive": "tab:red",
+    }
+    winners = {r["label"] for r in (best(records, n) for n in colors) if r is not None}
+    figure, (by_time, by_steps) = plt.subplots(1, 2, figsize=(13, 4.8))
+    variants = {r["label"] for r in records if r["variant"]}
+    for label, curve in curves.items():
+        smoothed = curve.smoothed()
+        if not smoothed:
+            continue
+        variant = label in variants
+        style = dict(
+            color=colors[curve.optimizer],
+            alpha=1.0 if label in winners or variant else 0.3,
+            linestyle=":" if variant else "-",
+            linewidth=1.8 if label in winners else 1.0,
+        )
+        by_time.plot(curve.wall_times, smoothed, label=label, **style)
+        by_steps.plot(range(1, len(smoothed) + 1), smoothed, label=label, **style)
+    for axes, xlabel in ((by_time, "training wall-clock time (s)"), (by_steps, "step")):
+        axes.axhline(target, color="0.5", linestyle="--", linewidth=1)
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(f"training loss (mean of last {SMOOTHING} mini-batches)")
+        axes.set_ylim(target * 0.9, 560)
+    by_time.legend(fontsize=7)
+    by_time.set_title(
+        f"{WORKLOAD}, batch {curves[next(iter(curves))].batch_size}: to loss {target:g}"
+    )
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def parse_arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--target", type=float, default=250.0)
+    parser.add_argument("--time-limit", type=float, default=200.0)
+    parser.add_argument("--max-steps", type=int, default=2000)
+    parser.add_argument("--adam-lrs", type=float, nargs="*", default=[1e-3, 2e-3, 4e-3])
+    parser.add_argument("--momentum-lrs", type=float, nargs="*", default=[3e-3, 1e-2])
+    parser.add_argument("--kl-clips", type=float, nargs="*", default=[1e-3])
+    parser.add_argument("--dampings", type=float, nargs="*", default=[0.3, 1.0])
+    parser.add_argument("--variant-damping", type=float, default=1.0)
+    parser.add_argument("--out", type=Path, default=Path("runs/kfac_time_to_target"))
+    parser.add_argument("--figure", type=Path, default=Path("docs/figures/kfac_time_to_target.png"))
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_arguments()
+    print(
+        f"threads={torch.get_num_threads()} OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} "
+        f"load average={os.getloadavg()[0]:.1f} batch={args.batch} target={args.target}"
+    )
+    specs = grid(args)
+    runs = {
+        spec.label: CurveRun(
+            WORKLOAD, spec.optimizer, spec.hyperparameters, args.batch, args.max_steps
+        )
+        for spec in specs
+    }
+    started = time.perf_counter()
+    run_interleaved(list(runs.values()), time_limit=args.time_limit, target=args.target)
+    curves = {label: run.curve for label, run in runs.items()}
+    records = [summarize(spec, curves[spec.label], args.target) for spec in specs]
+    for r in records:
+        print(
+            f"{r['label']:40s} {r['status']:9s} steps {r['steps_run']:4d}  "
+            f"to target: {r['seconds_to_target'] or float('nan'):7.1f} s "
+            f"{r['steps_to_target'] or 0:4d} steps  median step {r['median_step_ms']:6.0f} ms  "
+            f"final {r['final_smoothed_loss'] or float('nan'):6.1f}"
+        )
+    names = ("adam", "momentum", "kfac", "kfac_adaptive")
+    winners = {name: best(records, name) for name in names}
+    first_order = [winners[n]["seconds_to_target"] for n in ("adam", "momentum") if winners[n]]
+    summary = {"winners": winners, "load_average_end": os.getloadavg()[0]}
+    if winners["kfac_adaptive"] is not None:
+        baseline = min(first_order) if first_order else None
+        kfac_seconds = winners["kfac_adaptive"]["seconds_to_target"]
+        summary["speedup_vs_best_first_order"] = (
+            None if baseline is None else baseline / kfac_seconds
+        )
+        print(
+            "K-FAC speedup against the best first-order run: "
+            f"{summary['speedup_vs_best_first_order']}"
+        )
+    print(
+        f"total benchmark time {time.perf_counter() - started:.0f} s, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    payload = {"arguments": {k: str(v) for k, v in vars(args).items()}, "runs": records, **summary}
+    payload["curves"] = {
+        label: {"losses": c.losses, "wall_times": c.wall_times} for label, c in curves.items()
+    }
+    (args.out / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
+    plot(curves, records, args.target, args.figure)
+
+
+if __name__ == "__main__":
+    main()
