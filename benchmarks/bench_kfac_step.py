@@ -1,44 +1,48 @@
-"""Step time, cost breakdown and peak memory of natgrad.KFAC against heavy-ball Momentum.
+"""Step time, cost breakdown and peak memory of natgrad's K-FAC against heavy-ball Momentum.
 
 The 784-1000-500-250-30-250-500-1000-784 tanh autoencoder (Martens & Grosse 2015) with
 the Bernoulli likelihood, on real Fashion-MNIST images (the first ``--batch`` training
-images; the timing does not depend on their values, but the statistics do). One timed
-step is the whole update: forward, backward and optimizer step (K-FAC: its closure,
-statistics when due, inverses when due, preconditioning, momentum). The optimizers
-alternate step by step so that both see the same machine load; K-FAC's inverses come
-every ``inv_every`` steps, so the amortized cost is the mean over a whole number of
-periods. Several batch sizes are measured in one run.
+images; the timing does not depend on their values, but the statistics do). The K-FACs
+are the registry entries ``kfac`` (fixed lr, momentum, KL clip) and ``kfac_adaptive``
+(quadratic-model step, Levenberg-Marquardt damping) at their defaults (``--set`` changes
+one). One timed step is the whole update: forward, backward and optimizer step
+(K-FAC: closure, statistics, inverses when due, preconditioning, step rule). The
+optimizers alternate step by step so that all see the same machine load; inverses come
+every ``inv_every`` steps, so the amortized cost is the mean over whole periods.
 
-Breakdown: in a second loop (K-FAC alone) every phase of the step is timed by wrapping
-the optimizer's own functions: main forward/backward (the closure and loss.backward),
-the statistics sub-batch forward, the sampled-target backward ("extra backward"), the
-factor products A, G and their moving average ("statistics"), the decompositions
-("inversion", amortized over the period), gradient matrices and G^-1 V A^-1
-("preconditioning") and the step rule with the parameter update ("update").
+Breakdown: in a second loop (one K-FAC alone) each phase is timed by wrapping the
+optimizer's own functions: main forward/backward (closure and loss.backward, plus
+small glue), the statistics sub-batch forward, the sampled-target backward ("extra
+backward"), the factor products A, G and their moving average ("statistics"), the
+decompositions ("inversion", amortized), gradient matrices and G^-1 V A^-1
+("preconditioning"), the quadratic model (forward-mode J u on its sub-batch, dot
+products), the damping rule's forward at the new point, and the update.
 
 Peak memory: each optimizer runs in its own fresh subprocess (``--memory-child``), and
-the process's peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is
-read once after building the model and a batch of the same shape (uniform noise, so
-that loading the dataset does not set the high-water mark) and once after the steps; the difference
-is what the steps added (activations, gradients, optimizer state, temporaries), the
-second number is the whole process. Usage::
+the process's peak resident set size (VmHWM of ``/proc/self/status``) is
+read after building the model and a batch of the same shape (uniform noise, so that
+loading the dataset does not set the high-water mark) and again after the steps; the
+difference is what the steps added (activations, gradients, optimizer state,
+temporaries), the second number is the whole process. Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_kfac_step.py \
-        [--batches 1000 4000] [--steps 40] [--breakdown] [--memory]
+        [--batches 1000 4000] [--steps 40] [--breakdown] [--memory] [--set stat_every=2]
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import copy
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +51,7 @@ import natgrad.optim.kfac as kfac_module
 from natgrad.curvature.likelihoods import get_likelihood
 from natgrad.optim.first_order import Momentum
 from natgrad.optim.kfac import KFAC
+from natgrad.optim.registry import BuildContext, get_optimizer_spec, resolve_hyperparameters
 from natgrad.workloads.models import deep_autoencoder
 
 WEIGHT_DECAY = 1e-5
@@ -62,46 +67,41 @@ def fashion_batch(batch: int) -> Tensor:
     return images
 
 
-def build_kfac(model: nn.Module, args: argparse.Namespace) -> KFAC:
-    return KFAC(
-        model,
-        lr=1e-3,
-        momentum=0.9,
-        damping=3e-3,
-        weight_decay=WEIGHT_DECAY,
-        likelihood="bernoulli",
-        fisher=args.fisher,
-        stat_fraction=args.stat_fraction,
-        stat_every=args.stat_every,
-        inv_every=args.inv_every,
-        inverse=args.inverse,
-        kl_clip=1e-3,
-    )
+def build_kfac(model: nn.Module, name: str, args: argparse.Namespace) -> KFAC:
+    """The registry's ``name`` ("kfac" or "kfac_adaptive") at its defaults plus ``--set``."""
+    spec = get_optimizer_spec(name)
+    hparams = resolve_hyperparameters(spec, dict(args.overrides))
+    return spec.build(model, BuildContext("bernoulli", WEIGHT_DECAY), hparams)
 
 
-def step_functions(inputs: Tensor, args: argparse.Namespace) -> dict:
-    """A step function for each optimizer, on identical copies of one seeded model."""
+def step_functions(inputs: Tensor, args: argparse.Namespace) -> tuple[dict, dict]:
+    """A step function per optimizer, on identical copies of one seeded model; the K-FACs."""
     likelihood = get_likelihood("bernoulli")
     torch.manual_seed(0)
-    kfac_model = deep_autoencoder()
-    sgd_model = deep_autoencoder()
-    sgd_model.load_state_dict(kfac_model.state_dict())
-    kfac = build_kfac(kfac_model, args)
+    reference = deep_autoencoder()
+    steps, optimizers = {}, {}
+    for name in args.kfacs:
+        model = copy.deepcopy(reference)
+        optimizers[name] = build_kfac(model, name, args)
+
+        def kfac_step(model=model, optimizer=optimizers[name]) -> None:
+            def closure():
+                outputs = model(inputs)
+                return likelihood.loss(outputs, inputs), outputs
+
+            optimizer.step(closure)
+
+        steps[name] = kfac_step
+    sgd_model = copy.deepcopy(reference)
     sgd = Momentum(sgd_model.parameters(), lr=1e-3, momentum=0.9, weight_decay=WEIGHT_DECAY)
-
-    def kfac_step() -> None:
-        def closure():
-            outputs = kfac_model(inputs)
-            return likelihood.loss(outputs, inputs), outputs
-
-        kfac.step(closure)
 
     def sgd_step() -> None:
         sgd.zero_grad(set_to_none=True)
         likelihood.loss(sgd_model(inputs), inputs).backward()
         sgd.step()
 
-    return {"kfac": kfac_step, "momentum": sgd_step, "optimizer": kfac}
+    steps["momentum"] = sgd_step
+    return steps, optimizers
 
 
 def timed(step) -> float:
@@ -111,16 +111,17 @@ def timed(step) -> float:
 
 
 def alternating_times(inputs: Tensor, args: argparse.Namespace) -> dict[str, list[float]]:
-    """Per-step wall times of K-FAC and Momentum, stepped alternately."""
-    steps = step_functions(inputs, args)
+    """Per-step wall times of every optimizer, stepped alternately."""
+    steps, optimizers = step_functions(inputs, args)
     for _ in range(args.warmup):
-        steps["kfac"]()
-        steps["momentum"]()
-    steps["optimizer"].steps = 0  # the timed window starts a fresh inverse period
-    times: dict[str, list[float]] = {"kfac": [], "momentum": []}
+        for step in steps.values():
+            step()
+    for optimizer in optimizers.values():
+        optimizer.steps = 0  # the timed window starts a fresh inverse period
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.steps):
-        times["kfac"].append(timed(steps["kfac"]))
-        times["momentum"].append(timed(steps["momentum"]))
+        for name, step in steps.items():
+            times[name].append(timed(step))
     return times
 
 
@@ -168,8 +169,10 @@ def instrumented(optimizer: KFAC, clock: PhaseClock):
         "update_inverses": "inversion (amortized)",
         "gradient_matrices": "preconditioning",
         "precondition": "preconditioning",
-        "_step_rule": "update (KL clip, momentum, apply)",
-        "apply_updates": "update (KL clip, momentum, apply)",
+        "_step_rule": "update (step rule, apply)",
+        "apply_updates": "update (step rule, apply)",
+        "_gram": "quadratic model (J u products, dots)",
+        "_adapt_damping": "damping rule (forward at the new point)",
     }
     for name, phase in methods.items():
         setattr(optimizer, name, clock.wrap(getattr(optimizer, name), phase))
@@ -182,23 +185,32 @@ def instrumented(optimizer: KFAC, clock: PhaseClock):
             delattr(optimizer, name)
 
 
-def breakdown(inputs: Tensor, args: argparse.Namespace) -> dict[str, float]:
-    """Mean milliseconds per K-FAC step spent in each phase (over whole inverse periods)."""
-    steps = step_functions(inputs, args)
-    optimizer = steps["optimizer"]
+def breakdown(inputs: Tensor, name: str, args: argparse.Namespace) -> dict[str, float]:
+    """Mean milliseconds per step of K-FAC ``name`` in each phase (whole inverse periods)."""
+    local = argparse.Namespace(**{**vars(args), "kfacs": [name]})
+    steps, optimizers = step_functions(inputs, local)
+    optimizer = optimizers[name]
     for _ in range(args.warmup):
-        steps["kfac"]()
+        steps[name]()
     optimizer.steps = 0
     clock = PhaseClock()
     with instrumented(optimizer, clock):
         for _ in range(args.steps):
             with clock.phase("main forward/backward and rest"):
-                steps["kfac"]()
-    return {name: 1e3 * total / args.steps for name, total in clock.totals.items()}
+                steps[name]()
+    return {phase: 1e3 * total / args.steps for phase, total in clock.totals.items()}
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    """VmHWM of /proc/self/status: this process image's peak RSS (MiB).
+
+    Not getrusage's ru_maxrss, which a child inherits from the parent it was forked
+    from (here, the parent holds the whole dataset).
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def memory_child(optimizer_name: str, args: argparse.Namespace) -> None:
@@ -209,7 +221,8 @@ def memory_child(optimizer_name: str, args: argparse.Namespace) -> None:
     """
     torch.manual_seed(0)
     inputs = torch.rand(args.batch, 784)
-    steps = step_functions(inputs, args)
+    kfacs = [] if optimizer_name == "momentum" else [optimizer_name]
+    steps, _ = step_functions(inputs, argparse.Namespace(**{**vars(args), "kfacs": kfacs}))
     before = peak_rss_mib()
     for _ in range(args.memory_steps):
         steps[optimizer_name]()
@@ -220,37 +233,46 @@ def memory_child(optimizer_name: str, args: argparse.Namespace) -> None:
 def measure_memory(batch: int, args: argparse.Namespace) -> dict[str, dict]:
     """Peak RSS of each optimizer, each in its own subprocess."""
     results = {}
-    for name in ("momentum", "kfac"):
+    for name in ("momentum", *args.kfacs):
         command = [sys.executable, __file__, "--memory-child", name, "--batch", str(batch)]
-        command += ["--memory-steps", str(args.memory_steps), "--fisher", args.fisher]
-        command += ["--stat-fraction", str(args.stat_fraction), "--inv-every", str(args.inv_every)]
-        command += ["--stat-every", str(args.stat_every), "--inverse", args.inverse]
+        command += ["--memory-steps", str(args.memory_steps)]
+        command += [f"--set={key}={value}" for key, value in args.overrides]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[name] = json.loads(output.strip().splitlines()[-1])
     return results
 
 
 def report_times(batch: int, times: dict[str, list[float]]) -> None:
-    k_med, s_med = statistics.median(times["kfac"]), statistics.median(times["momentum"])
-    k_mean, s_mean = statistics.fmean(times["kfac"]), statistics.fmean(times["momentum"])
+    """Median and mean step time of every optimizer, and each K-FAC's ratio to Momentum."""
+    base_median = statistics.median(times["momentum"])
+    base_mean = statistics.fmean(times["momentum"])
     print(f"batch {batch}")
-    print(f"  momentum  median {s_med * 1e3:8.1f} ms   mean {s_mean * 1e3:8.1f} ms")
-    print(f"  kfac      median {k_med * 1e3:8.1f} ms   mean {k_mean * 1e3:8.1f} ms (amortized)")
-    print(f"  ratio kfac/momentum: median {k_med / s_med:.2f}x   mean {k_mean / s_mean:.2f}x")
+    for name, values in times.items():
+        median, mean = statistics.median(values), statistics.fmean(values)
+        ratio = f"ratio median {median / base_median:.2f}x  mean {mean / base_mean:.2f}x"
+        print(f"  {name:14s} median {median * 1e3:8.1f} ms  mean {mean * 1e3:8.1f} ms  {ratio}")
 
 
 def report_memory(memory: dict[str, dict]) -> None:
+    """Peak RSS per optimizer and each K-FAC's ratio to Momentum (whole and added)."""
     added = {name: m["peak_mib"] - m["setup_mib"] for name, m in memory.items()}
     for name, m in memory.items():
+        whole = m["peak_mib"] / memory["momentum"]["peak_mib"]
+        extra = added[name] / max(added["momentum"], 1e-9)
         print(
-            f"  peak RSS {name:9s} {m['peak_mib']:7.1f} MiB (setup {m['setup_mib']:7.1f} MiB, "
-            f"added by the steps {added[name]:7.1f} MiB)"
+            f"  peak RSS {name:14s} {m['peak_mib']:7.1f} MiB (setup {m['setup_mib']:7.1f}, "
+            f"added by the steps {added[name]:6.1f} MiB); vs momentum {whole:.2f}x whole, "
+            f"{extra:.2f}x added"
         )
-    print(
-        f"  memory ratio kfac/momentum: whole process "
-        f"{memory['kfac']['peak_mib'] / memory['momentum']['peak_mib']:.2f}x, "
-        f"added by the steps {added['kfac'] / max(added['momentum'], 1e-9):.2f}x"
-    )
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``key=value`` with the value read as a Python literal when it is one."""
+    key, _, raw = text.partition("=")
+    try:
+        return key, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return key, raw
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -258,15 +280,19 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--batches", type=int, nargs="+", default=[1000, 4000])
     parser.add_argument("--steps", type=int, default=40, help="timed steps (multiple of inv_every)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--stat-fraction", type=float, default=0.125)
-    parser.add_argument("--stat-every", type=int, default=1)
-    parser.add_argument("--inv-every", type=int, default=20)
-    parser.add_argument("--fisher", default="mc")
-    parser.add_argument("--inverse", default="cholesky")
+    parser.add_argument("--kfacs", nargs="+", default=["kfac", "kfac_adaptive"])
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        type=parse_override,
+        action="append",
+        default=[],
+        help="hyperparameter override for every K-FAC, e.g. --set stat_every=2",
+    )
     parser.add_argument("--breakdown", action="store_true", help="also time each phase")
     parser.add_argument("--memory", action="store_true", help="also measure peak RSS")
     parser.add_argument("--memory-steps", type=int, default=5)
-    parser.add_argument("--memory-child", choices=("kfac", "momentum"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1000, help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -280,20 +306,19 @@ def main() -> None:
         f"threads={torch.get_num_threads()} OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} "
         f"load average={os.getloadavg()[0]:.1f} steps={args.steps}"
     )
-    print(
-        f"kfac: fisher={args.fisher} stat_fraction={args.stat_fraction} "
-        f"stat_every={args.stat_every} inv_every={args.inv_every} inverse={args.inverse} "
-        "kl_clip=1e-3"
-    )
+    for name in args.kfacs:
+        spec = get_optimizer_spec(name)
+        print(f"{name}: {resolve_hyperparameters(spec, dict(args.overrides))}")
     for batch in args.batches:
         inputs = fashion_batch(batch)
         report_times(batch, alternating_times(inputs, args))
-        if args.breakdown:
-            phases = breakdown(inputs, args)
+        for name in args.kfacs if args.breakdown else ():
+            phases = breakdown(inputs, name, args)
             total = sum(phases.values())
-            for name, value in sorted(phases.items(), key=lambda item: -item[1]):
-                print(f"    {name:36s} {value:8.1f} ms  {100 * value / total:5.1f}%")
-            print(f"    {'total (K-FAC alone)':36s} {total:8.1f} ms")
+            print(f"  breakdown of {name} (alone, mean over the timed steps)")
+            for phase, value in sorted(phases.items(), key=lambda item: -item[1]):
+                print(f"    {phase:40s} {value:8.1f} ms  {100 * value / total:5.1f}%")
+            print(f"    {'total':40s} {total:8.1f} ms")
         if args.memory:
             report_memory(measure_memory(batch, args))
     print(f"load average at the end={os.getloadavg()[0]:.1f}")

@@ -140,6 +140,14 @@ def _slice_batch(inputs: tuple, batch_size: int, count: int) -> tuple:
     )
 
 
+def _dot(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
+    """sum_k <x_k, y_k> in float32 without an elementwise temporary."""
+    return sum(
+        torch.vdot(x.reshape(-1).float(), y.reshape(-1).float())
+        for x, y in zip(xs, ys, strict=True)
+    )
+
+
 class KFAC(torch.optim.Optimizer):
     """K-FAC with factored Tikhonov damping; second-order, so ``step`` takes a closure.
 
@@ -440,11 +448,8 @@ class KFAC(torch.optim.Optimizer):
         """d = -lr v with v <- momentum v + nu U (nu = KL-clip scale, 1 without clipping)."""
         lr, momentum = group["lr"], group["momentum"]
         if self.kl_clip is not None:
-            inner = sum(
-                (V.float() * U).sum()
-                for V, U in zip(grads, proposals, strict=True)
-                if V is not None
-            )
+            pairs = [(V, U) for V, U in zip(grads, proposals, strict=True) if V is not None]
+            inner = _dot([V for V, _ in pairs], [U for _, U in pairs])
             scale = kl_clip_scale(inner, lr, self.kl_clip)
             proposals = [None if U is None else U * scale for U in proposals]
         updates: list[Tensor | None] = []
@@ -485,9 +490,9 @@ class KFAC(torch.optim.Optimizer):
         return _slice_batch(batch_inputs, batch_size, count)
 
     def _output_directions(
-        self, directions: list[list[Tensor | None]], inputs: tuple
+        self, vectors: list[list[Tensor]], inputs: tuple
     ) -> tuple[list[Tensor], Tensor]:
-        """J u for each direction u (forward mode only) and the network outputs."""
+        """J u for each parameter-shaped vector u (forward mode only) and the outputs."""
         model = unwrap_model(self.model)
         params = parameter_dict(model)
 
@@ -495,11 +500,10 @@ class KFAC(torch.optim.Optimizer):
             return functional_call(model, values, inputs).flatten(1)
 
         pushed, outputs = [], None
-        for direction in directions:
-            vector = self._directions_as_param_list(direction)
+        for vector in vectors:
             tangents = dict(zip(params, vector, strict=True))
             outputs, jv = jvp(outputs_of, (params,), (tangents,))
-            pushed.append(jv)
+            pushed.append(jv.float())
         return pushed, outputs
 
     def _gram(self, directions: list[list[Tensor | None]], batch_inputs: tuple, grads: list):
@@ -514,25 +518,22 @@ class KFAC(torch.optim.Optimizer):
             [None if g is None else g.float() for g in grads]
         )
         with torch.enable_grad():
-            pushed, outputs = self._output_directions(directions, self._model_inputs(batch_inputs))
+            pushed, outputs = self._output_directions(flat, self._model_inputs(batch_inputs))
         curvature = fisher_output_curvature(self.likelihood, outputs, kind="exact")
         curved = [curvature.product(jv) for jv in pushed]
-
-        def dot(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
-            return sum((x.float() * y.float()).sum() for x, y in zip(xs, ys, strict=True))
-
         size = len(directions)
         fisher_gram = torch.stack(
             [
-                torch.stack([(pushed[i].float() * curved[j].float()).sum() for j in range(size)])
+                torch.stack([_dot([pushed[i]], [curved[j]]) for j in range(size)])
                 for i in range(size)
             ]
         )
         fisher_gram = 0.5 * (fisher_gram + fisher_gram.T)
+        inner = {(i, j): _dot(flat[i], flat[j]) for i in range(size) for j in range(i, size)}
         inner_gram = torch.stack(
-            [torch.stack([dot(flat[i], flat[j]) for j in range(size)]) for i in range(size)]
+            [torch.stack([inner[min(i, j), max(i, j)] for j in range(size)]) for i in range(size)]
         )
-        grad_dots = torch.stack([dot(grad_flat, flat[i]) for i in range(size)])
+        grad_dots = torch.stack([_dot(grad_flat, flat[i]) for i in range(size)])
         return fisher_gram, inner_gram, grad_dots
 
     def _quadratic_model_updates(
