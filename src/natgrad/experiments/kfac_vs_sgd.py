@@ -12,7 +12,8 @@ results are the training loss against steps and against wall-clock time, and the
 per-step gain ``steps_to_target(m_0) / steps_to_target(m)`` of each optimizer, to its
 own target (the lowest loss all its kept runs reach, since SGD's plateau lies far above
 where K-FAC goes), with the linear gain m / m_0 as the reference. Training loss is the
-mini-batch loss before each update (the runner's definition), smoothed over a trailing window of ``SMOOTHING`` steps.
+mini-batch loss before each update (the runner's definition), smoothed over a trailing
+window of ``SMOOTHING`` steps.
 """
 
 from __future__ import annotations
