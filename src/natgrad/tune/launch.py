@@ -21,11 +21,16 @@ import optuna
 from natgrad.tune.study import StudySpec, counts_as_trial, prepare_studies, trial_status, work
 
 POLL_INTERVAL_S = 5.0
+PRINT_EVERY_S = 10.0
 
 
 @dataclass
 class StudyProgress:
-    """Counts and best values over a set of studies; prints one line when they change."""
+    """Counts and best values over a set of studies.
+
+    Prints a line when the best value improves, when all trials are done, and otherwise
+    at most every PRINT_EVERY_S seconds.
+    """
 
     studies: list[optuna.Study]
     specs: list[StudySpec]
@@ -34,6 +39,7 @@ class StudyProgress:
     started: float = field(default_factory=time.perf_counter)
     done_at_start: int | None = None
     last_line: str = ""
+    last_printed: float = -math.inf
 
     def counts(self) -> tuple[int, int, tuple[float, str] | None]:
         done = failed = 0
@@ -68,9 +74,12 @@ class StudyProgress:
         best_text = f"best {metric} {best[0]:.4g} ({best[1]})" if best else "best: none yet"
         eta_text = f"eta {format_seconds(eta)}" if math.isfinite(eta) else "eta unknown"
         line = f"[tune] trials {done}/{total} done, {failed} failed; {best_text}; {eta_text}"
-        if line.split("; eta")[0] != self.last_line.split("; eta")[0]:
+        now = time.perf_counter()
+        new_best = best_text not in self.last_line
+        due = now - self.last_printed >= PRINT_EVERY_S or done == total or new_best
+        if due and line.split("; eta")[0] != self.last_line.split("; eta")[0]:
             print(line, file=sys.stderr, flush=True)
-            self.last_line = line
+            self.last_line, self.last_printed = line, now
 
 
 def format_seconds(seconds: float) -> str:
