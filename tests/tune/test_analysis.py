@@ -91,3 +91,11 @@ def test_rank_flips_and_steps_to_target():
     history = [[0, 0.0, 0.9, math.nan], [50, 1.0, 0.2, 0.5], [100, 2.0, 0.04, 0.1]]
     assert analysis.steps_to_target(history, 0.05) == 100
     assert analysis.steps_to_target(history, 0.01) is None
+
+
+def test_mean_interval_is_clipped_to_the_metric_range() -> None:
+    samples = [0.0, 0.0, 0.09]
+    mean, low, high = analysis.mean_interval(samples)
+    assert low < 0.0  # the raw t-interval reaches below zero with three seeds
+    clipped_mean, clipped_low, clipped_high = analysis.mean_interval(samples, bounds=(0.0, 1.0))
+    assert (clipped_mean, clipped_low, clipped_high) == (mean, 0.0, high)

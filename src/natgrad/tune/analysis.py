@@ -62,8 +62,14 @@ def best_of_k(
     return curve
 
 
-def mean_interval(samples: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): Student-t interval of the mean; a single sample has zero width."""
+def mean_interval(
+    samples: Sequence[float], level: float = 0.95, bounds: tuple[float, float] | None = None
+) -> tuple[float, float, float]:
+    """(mean, low, high): Student-t interval of the mean; a single sample has zero width.
+
+    ``bounds`` clips the interval to the metric's range (an error rate lies in [0, 1]);
+    with few seeds the unclipped t-interval can reach past it.
+    """
     values = np.asarray(samples, dtype=float)
     if values.size == 0:
         return math.nan, math.nan, math.nan
@@ -73,11 +79,17 @@ def mean_interval(samples: Sequence[float], level: float = 0.95) -> tuple[float,
     half = (
         stats.t.ppf(0.5 + level / 2, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size)
     )
-    return mean, mean - float(half), mean + float(half)
+    low, high = mean - float(half), mean + float(half)
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return mean, low, high
 
 
 def rank_with_intervals(
-    samples: dict[str, Sequence[float]], resamples: int, seed: int = 0
+    samples: dict[str, Sequence[float]],
+    resamples: int,
+    seed: int = 0,
+    bounds: tuple[float, float] | None = None,
 ) -> list[dict]:
     """Optimizers ranked by mean (1 = best) with bootstrap rank intervals and t-intervals."""
     names = sorted(samples, key=lambda name: (np.mean(samples[name]), name))
@@ -88,7 +100,7 @@ def rank_with_intervals(
         ranks[b] = stats.rankdata(means, method="min")
     table = []
     for position, name in enumerate(names):
-        mean, low, high = mean_interval(samples[name])
+        mean, low, high = mean_interval(samples[name], bounds=bounds)
         rank_low, rank_high = np.quantile(ranks[:, position], [0.025, 0.975])
         table.append(
             {

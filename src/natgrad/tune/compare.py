@@ -150,6 +150,11 @@ def test_values(reruns: list[dict], test_metric: str) -> list[float]:
     return [v if v is not None and math.isfinite(v) else worst for v in values]
 
 
+def metric_bounds(metric: str) -> tuple[float, float] | None:
+    """The range of a metric, for clipping intervals: error rates lie in [0, 1]."""
+    return (0.0, 1.0) if metric.endswith("error") else None
+
+
 def summarise_study(
     spec: StudySpec, records: list[dict], reruns: list[dict], config: CompareConfig
 ) -> dict:
@@ -158,7 +163,7 @@ def summarise_study(
     best = min(completed, key=lambda r: r["value"]) if completed else None
     test_metric = spec.metric.replace("val_", "test_")
     values = test_values(reruns, test_metric) if reruns else []
-    mean, low, high = analysis.mean_interval(values)
+    mean, low, high = analysis.mean_interval(values, bounds=metric_bounds(test_metric))
     target = get_workload(spec.workload).target.get(spec.metric)
     to_target = [analysis.steps_to_target(r["history"], target) for r in reruns] if target else []
     reached = sorted(s for s in to_target if s is not None)
@@ -188,7 +193,7 @@ def summarise_study(
     }
 
 
-def analyse(config: CompareConfig, summaries: dict[str, dict[str, dict]]) -> dict:
+def analyse(config: CompareConfig, summaries: dict[str, dict[str, dict]], test_metric: str) -> dict:
     """Rankings per space, inclusion checks, rank flips and the list of warnings."""
     ranking, inclusion, warnings = {}, {}, []
     for space in config.spaces:
@@ -198,7 +203,11 @@ def analyse(config: CompareConfig, summaries: dict[str, dict[str, dict]]) -> dic
             if summaries[opt][space]["test"]["values"]
         }
         ranking[space] = (
-            analysis.rank_with_intervals(samples, config.bootstrap, config.seed) if samples else []
+            analysis.rank_with_intervals(
+                samples, config.bootstrap, config.seed, bounds=metric_bounds(test_metric)
+            )
+            if samples
+            else []
         )
         inclusion[space] = analysis.inclusion_checks(ranking[space], space)
         warnings += [check["message"] for check in inclusion[space] if not check["consistent"]]
@@ -273,7 +282,7 @@ def run_compare(
             "target": get_workload(config.workload).target,
         },
         "studies": summaries,
-        **analyse(config, summaries),
+        **analyse(config, summaries, metric.replace("val_", "test_")),
     }
     (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=1) + "\n")
     return results
