@@ -35,3 +35,30 @@ def test_data_list_and_bad_fetch(capsys, tmp_path) -> None:
     assert "fashion-mnist" in capsys.readouterr().out
     assert main(["data", "fetch", "cifar10", "--dest", str(tmp_path)]) == 2
     assert "fashion-mnist" in capsys.readouterr().err
+
+
+def test_threads_option(tmp_path, capsys) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        code = main(
+            [
+                "--threads",
+                "1",
+                "train",
+                "--workload",
+                "digits_logreg",
+                "--optimizer",
+                "sgd",
+                "--steps",
+                "3",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        assert code == 0 and torch.get_num_threads() == 1
+        assert main(["--threads", "0", "workloads"]) == 2
+        assert "--threads must be >= 1" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

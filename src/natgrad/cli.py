@@ -195,8 +195,28 @@ PARSER_BUILDERS: list[Callable] = [
 ]
 
 
+def set_threads(threads: int | None) -> None:
+    """Apply ``--threads`` to this process and, through OMP_NUM_THREADS, to its workers."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    import os
+
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="natgrad", description=__doc__)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads, also for worker processes (default: torch's choice; "
+        "1 is fastest for small models or when other processes share the cores)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for add_parser in PARSER_BUILDERS:
         add_parser(commands)
@@ -208,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     from natgrad.train.runner import RunFolderError
 
     try:
+        set_threads(args.threads)
         return args.handler(args)
     except (ValueError, UsageError, RunFolderError, OSError) as error:
         print(f"natgrad {args.command}: error: {error}", file=sys.stderr)
