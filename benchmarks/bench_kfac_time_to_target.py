@@ -61,18 +61,24 @@ def grid(args: argparse.Namespace) -> list[RunSpec]:
         "stats on whole batch": {"stat_fraction": 1.0},
         "model on whole batch": {"model_fraction": 1.0},
     }
-    for name, extra in variants.items():
+    for name, extra in variants.items() if args.variant_damping > 0 else ():
         hparams = {"damping": args.variant_damping, **extra}
         label = f"kfac_adaptive damping0={args.variant_damping:g}, {name}"
         runs.append(RunSpec(label, "kfac_adaptive", hparams, True))
     return runs
 
 
-def summarize(spec: RunSpec, curve: Curve, target: float) -> dict:
+def step_times(curve: Curve) -> list[float]:
+    return [b - a for a, b in zip([0.0, *curve.wall_times[:-1]], curve.wall_times, strict=True)]
+
+
+def summarize(spec: RunSpec, curve: Curve, target: float, window: int) -> dict:
+    """Raw time to target, and a paired one: steps to target times the median step time
+    over the first ``window`` rounds, when every run was still active (same load)."""
     steps = len(curve.wall_times)
-    step_times = [
-        b - a for a, b in zip([0.0] + curve.wall_times[:-1], curve.wall_times, strict=True)
-    ]
+    times = step_times(curve)
+    paired_step = statistics.median(times[:window]) if times[:window] else None
+    steps_to = curve.steps_to(target)
     return {
         "label": spec.label,
         "variant": spec.variant,
@@ -81,8 +87,12 @@ def summarize(spec: RunSpec, curve: Curve, target: float) -> dict:
         "status": curve.status,
         "steps_run": steps,
         "seconds_to_target": curve.time_to(target),
-        "steps_to_target": curve.steps_to(target),
-        "median_step_ms": 1e3 * statistics.median(step_times) if step_times else None,
+        "steps_to_target": steps_to,
+        "median_step_ms": 1e3 * statistics.median(times) if times else None,
+        "paired_step_ms": None if paired_step is None else 1e3 * paired_step,
+        "paired_seconds_to_target": None
+        if steps_to is None or paired_step is None
+        else steps_to * paired_step,
         "final_smoothed_loss": curve.smoothed()[-1] if curve.losses else None,
     }
 
@@ -151,7 +161,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--momentum-lrs", type=float, nargs="*", default=[3e-3, 1e-2])
     parser.add_argument("--kl-clips", type=float, nargs="*", default=[1e-3])
     parser.add_argument("--dampings", type=float, nargs="*", default=[0.3, 1.0])
-    parser.add_argument("--variant-damping", type=float, default=1.0)
+    parser.add_argument(
+        "--variant-damping", type=float, default=1.0, help="0 leaves the variants out"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/kfac_time_to_target"))
     parser.add_argument("--figure", type=Path, default=Path("docs/figures/kfac_time_to_target.png"))
     return parser.parse_args()
@@ -173,13 +185,16 @@ def main() -> None:
     started = time.perf_counter()
     run_interleaved(list(runs.values()), time_limit=args.time_limit, target=args.target)
     curves = {label: run.curve for label, run in runs.items()}
-    records = [summarize(spec, curves[spec.label], args.target) for spec in specs]
+    window = min(len(curve.wall_times) for curve in curves.values())
+    records = [summarize(spec, curves[spec.label], args.target, window) for spec in specs]
     for r in records:
         print(
             f"{r['label']:40s} {r['status']:9s} steps {r['steps_run']:4d}  "
             f"to target: {r['seconds_to_target'] or float('nan'):7.1f} s "
             f"{r['steps_to_target'] or 0:4d} steps  median step {r['median_step_ms']:6.0f} ms  "
-            f"final {r['final_smoothed_loss'] or float('nan'):6.1f}"
+            f"final {r['final_smoothed_loss'] or float('nan'):6.1f}  paired: step "
+            f"{r['paired_step_ms'] or float('nan'):6.0f} ms, to target "
+            f"{r['paired_seconds_to_target'] or float('nan'):6.1f} s"
         )
     names = ("adam", "momentum", "kfac", "kfac_adaptive")
     winners = {name: best(records, name) for name in names}
@@ -195,6 +210,28 @@ def main() -> None:
             "K-FAC speedup against the best first-order run: "
             f"{summary['speedup_vs_best_first_order']}"
         )
+        paired = [
+            r["paired_seconds_to_target"]
+            for r in records
+            if r["paired_seconds_to_target"] is not None and not r["variant"]
+        ]
+        by_name = {
+            name: min(
+                (
+                    r["paired_seconds_to_target"]
+                    for r in records
+                    if r["optimizer"] == name
+                    and r["paired_seconds_to_target"] is not None
+                    and not r["variant"]
+                ),
+                default=None,
+            )
+            for name in names
+        }
+        first = [v for n, v in by_name.items() if n in ("adam", "momentum") and v is not None]
+        if paired and first and by_name["kfac_adaptive"]:
+            summary["paired_speedup_vs_best_first_order"] = min(first) / by_name["kfac_adaptive"]
+            print(f"paired speedup: {summary['paired_speedup_vs_best_first_order']:.2f}")
     print(
         f"total benchmark time {time.perf_counter() - started:.0f} s, "
         f"load average {os.getloadavg()[0]:.1f}"

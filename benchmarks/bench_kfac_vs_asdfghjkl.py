@@ -9,11 +9,11 @@ gamma = sqrt(damping); its damping is lambda + eta so that both damp alike) and
 heavy-ball momentum 0.9 with weight decay 1e-5. ASDL's Fisher for a loss other than
 cross-entropy or squared error can only be the empirical one ("fisher_emp"), with
 statistics on the whole batch every step; natgrad runs at its registry defaults (MC
-Fisher on 1/8 of the batch, KL clip) and, for the like-for-like cost, with the
-empirical Fisher on the whole batch. All runs advance round-robin (one step each per
-round) for ``--time-limit`` seconds of their own training time; the script reports the
-median step time and the training loss (mean of the last 10 mini-batch losses) after
-equal time.
+Fisher on 1/8 of the batch, KL clip), as ``kfac_adaptive`` at its defaults, and, for
+the like-for-like cost, with the empirical Fisher on the whole batch. All runs advance
+round-robin (one step each per round) for ``--time-limit`` seconds of their own
+training time; the script reports the median step time and the training loss (mean
+of the last 10 mini-batch losses) after equal time.
 
 Two adaptations to run ASDL 0.1a5 on torch 2.13 CPU, neither touching its maths: its
 code wraps phases in ``torch.cuda.nvtx.range``, which raises on a CPU-only build, so
@@ -21,7 +21,7 @@ that function is replaced by a no-op context manager before ASDL is imported; an
 loss function must accept ``reduction=``, so the Bernoulli loss is wrapped. Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_kfac_vs_asdfghjkl.py \
-        [--batch 1000] [--inv-every 20] [--time-limit 60] [--asdl-lrs 0.01 0.03]
+        [--batch 1000] [--inv-every 20] [--time-limit 60] [--asdl-lrs 1e-4 1e-3]
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class AsdlRun:
         self.model = workload.build_model()
         config = asdl.PreconditioningConfig(
             data_size=batch_size,
-            damping=DAMPING + WEIGHT_DECAY,
+            damping=args.asdl_damping + WEIGHT_DECAY,
             preconditioner_upd_interval=args.inv_every,
             curvature_upd_interval=1,
             ema_decay=1.0 - args.stat_decay,
@@ -128,7 +128,10 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--inv-every", type=int, default=20)
     parser.add_argument("--stat-decay", type=float, default=0.95)
     parser.add_argument("--time-limit", type=float, default=60.0)
-    parser.add_argument("--asdl-lrs", type=float, nargs="+", default=[0.01, 0.03])
+    parser.add_argument("--asdl-lrs", type=float, nargs="+", default=[1e-4, 1e-3])
+    parser.add_argument(
+        "--asdl-damping", type=float, default=DAMPING, help="ASDL's lambda (natgrad: 3e-3)"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/kfac_vs_asdfghjkl"))
     return parser.parse_args()
 
@@ -145,6 +148,9 @@ def main() -> None:
     runs = {
         "natgrad kfac (defaults: mc, stats 1/8, kl clip)": CurveRun(
             WORKLOAD, "kfac", common, args.batch, steps
+        ),
+        "natgrad kfac_adaptive (defaults)": CurveRun(
+            WORKLOAD, "kfac_adaptive", common, args.batch, steps
         ),
         "natgrad kfac (empirical, whole batch)": CurveRun(
             WORKLOAD,
