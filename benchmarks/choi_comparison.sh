@@ -11,5 +11,5 @@ exec nice -n 10 .venv/bin/python -m natgrad.cli compare \
     --workload fmnist_mlp \
     --optimizers sgd,momentum,nesterov,rmsprop,adam,nadam \
     --space restricted,full \
-    --trials 20 --steps 800 --seeds 3 --workers 2 \
+    --trials ${TRIALS:-20} --steps 800 --seeds 3 --workers 2 \
     --out "$OUT"

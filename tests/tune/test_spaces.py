@@ -111,3 +111,14 @@ def test_space_objects_can_be_built_directly():
         "sgd", "custom", (Dimension("lr", "log", 0.01, 1.0),), {"schedule": "cosine"}
     )
     assert space.to_hyperparameters([1.0]) == {"schedule": "cosine", "lr": pytest.approx(1.0)}
+
+
+def test_every_shipped_space_maps_to_hyperparameters_its_optimizer_accepts():
+    for optimizer, names in list_spaces().items():
+        assert optimizer in OPTIMIZERS, optimizer
+        for name in names:
+            space = load_space(optimizer, name)
+            for corner in (0.0, 0.5, 1.0):
+                point = [corner] * len(space.dimensions)
+                values = space.to_hyperparameters(point, total_steps=100)
+                assert set(values) <= set(OPTIMIZERS[optimizer].defaults())
