@@ -346,7 +346,9 @@ class NaturalGradient(torch.optim.Optimizer):
 
 _HYPERPARAMETERS = (
     Hyperparameter("lr", 1.0, "step size >= 0 (1 = full natural-gradient step)"),
-    Hyperparameter("damping", 1e-3, "Tikhonov damping lambda >= 0"),
+    Hyperparameter(
+        "damping", 0.1, "Tikhonov damping lambda >= 0 (mini-batch curvature needs a large one)"
+    ),
     Hyperparameter("fisher", "exact", "Fisher kind: exact | mc | empirical"),
     Hyperparameter("curvature", "fisher", "curvature matrix: fisher | hessian"),
     Hyperparameter("solver", "auto", f"dense | cg | auto (dense up to {DENSE_AUTO_LIMIT} params)"),
