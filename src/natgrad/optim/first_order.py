@@ -25,7 +25,7 @@ from natgrad.optim.registry import (
     OptimizerSpec,
     register_optimizer,
 )
-from natgrad.optim.schedules import SCHEDULE_HYPERPARAMETERS, split_schedule_hyperparameters
+from natgrad.optim.schedules import SCHEDULE_HYPERPARAMETERS
 
 ParamsT = Iterable[Tensor] | Iterable[dict]
 
@@ -288,13 +288,10 @@ def _lr(default: float) -> Hyperparameter:
     return Hyperparameter("lr", default, "learning rate >= 0")
 
 
-def _builder(optimizer_class: type[FirstOrderOptimizer]):
-    """A registry factory: ``weight_decay=None`` takes the workload's default."""
+def _factory(optimizer_class: type[FirstOrderOptimizer]):
+    """A registry factory over ``model.parameters()``."""
 
-    def build(model: nn.Module, ctx: BuildContext, hparams: dict) -> torch.optim.Optimizer:
-        kwargs, _ = split_schedule_hyperparameters(hparams)
-        if kwargs.get("weight_decay") is None:
-            kwargs["weight_decay"] = ctx.weight_decay
+    def build(model: nn.Module, ctx: BuildContext, kwargs: dict) -> torch.optim.Optimizer:
         return optimizer_class(model.parameters(), **kwargs)
 
     return build
@@ -310,7 +307,7 @@ def _register(
         OptimizerSpec(
             name=name,
             description=description,
-            build=_builder(optimizer_class),
+            factory=_factory(optimizer_class),
             hyperparameters=hyperparameters + (_WEIGHT_DECAY,) + SCHEDULE_HYPERPARAMETERS,
         )
     )

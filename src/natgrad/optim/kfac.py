@@ -646,7 +646,6 @@ class KFAC(torch.optim.Optimizer):
 
 from natgrad.optim.schedules import (  # noqa: E402
     SCHEDULE_HYPERPARAMETERS,
-    split_schedule_hyperparameters,
 )
 
 KFAC_HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
@@ -692,11 +691,8 @@ KFAC_ADAPTIVE_HYPERPARAMETERS: tuple[Hyperparameter, ...] = tuple(
 )
 
 
-def build_kfac(model: nn.Module, ctx: BuildContext, hparams: dict) -> KFAC:
-    """Registry factory: the workload's likelihood; weight_decay None takes its default."""
-    kwargs, _ = split_schedule_hyperparameters(hparams)
-    if kwargs.get("weight_decay") is None:
-        kwargs["weight_decay"] = ctx.weight_decay
+def build_kfac(model: nn.Module, ctx: BuildContext, kwargs: dict) -> KFAC:
+    """Registry factory: K-FAC with the workload's likelihood."""
     return KFAC(model, likelihood=ctx.likelihood, **kwargs)
 
 
@@ -704,7 +700,7 @@ register_optimizer(
     OptimizerSpec(
         name="kfac",
         description="K-FAC with factored Tikhonov damping (Martens & Grosse 2015)",
-        build=build_kfac,
+        factory=build_kfac,
         hyperparameters=KFAC_HYPERPARAMETERS + SCHEDULE_HYPERPARAMETERS,
         second_order=True,
     )
@@ -714,7 +710,7 @@ register_optimizer(
     OptimizerSpec(
         name="kfac_adaptive",
         description="K-FAC with the quadratic-model step and Levenberg-Marquardt damping",
-        build=build_kfac,
+        factory=build_kfac,
         hyperparameters=KFAC_ADAPTIVE_HYPERPARAMETERS + SCHEDULE_HYPERPARAMETERS,
         second_order=True,
     )

@@ -67,7 +67,7 @@ from natgrad.optim.registry import (
     OptimizerSpec,
     register_optimizer,
 )
-from natgrad.optim.schedules import SCHEDULE_HYPERPARAMETERS, split_schedule_hyperparameters
+from natgrad.optim.schedules import SCHEDULE_HYPERPARAMETERS
 
 Closure = Callable[[], tuple[Tensor, Tensor]]
 FISHER_KINDS = ("exact", "mc", "empirical")
@@ -364,10 +364,7 @@ _HYPERPARAMETERS = (
 )
 
 
-def _build(model: nn.Module, ctx: BuildContext, hparams: dict) -> torch.optim.Optimizer:
-    kwargs, _ = split_schedule_hyperparameters(hparams)
-    if kwargs.get("weight_decay") is None:
-        kwargs["weight_decay"] = ctx.weight_decay
+def _build(model: nn.Module, ctx: BuildContext, kwargs: dict) -> torch.optim.Optimizer:
     return NaturalGradient(model, likelihood=ctx.likelihood, **kwargs)
 
 
@@ -375,7 +372,7 @@ register_optimizer(
     OptimizerSpec(
         name="ngd",
         description="exact natural gradient / damped Newton: theta -= lr (C + lambda I)^-1 g",
-        build=_build,
+        factory=_build,
         hyperparameters=_HYPERPARAMETERS + SCHEDULE_HYPERPARAMETERS,
         second_order=True,
     )

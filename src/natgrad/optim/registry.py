@@ -40,16 +40,30 @@ OptimizerFactory = Callable[[nn.Module, BuildContext, dict], torch.optim.Optimiz
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """A registered optimizer."""
+    """A registered optimizer.
+
+    ``factory(model, ctx, kwargs)`` constructs it from its own keyword arguments;
+    :meth:`build` prepares those for every optimizer alike.
+    """
 
     name: str
     description: str
-    build: OptimizerFactory
+    factory: OptimizerFactory
     hyperparameters: tuple[Hyperparameter, ...] = field(default_factory=tuple)
     second_order: bool = False
 
     def defaults(self) -> dict[str, HyperValue]:
         return {h.name: h.default for h in self.hyperparameters}
+
+    def build(self, model: nn.Module, ctx: BuildContext, hparams: dict) -> torch.optim.Optimizer:
+        """The optimizer for ``model``: schedule settings (the runner's business) are left
+        out, and ``weight_decay=None`` (or absent) takes the workload's default."""
+        from natgrad.optim.schedules import split_schedule_hyperparameters
+
+        kwargs, _ = split_schedule_hyperparameters(hparams)
+        if kwargs.get("weight_decay") is None:
+            kwargs["weight_decay"] = ctx.weight_decay
+        return self.factory(model, ctx, kwargs)
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}
