@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from natgrad.registry import Registry
+
 
 @dataclass(frozen=True)
 class Experiment:
@@ -26,24 +28,17 @@ class Experiment:
     run: Callable[[Path, bool], dict]
 
 
-EXPERIMENTS: dict[str, Experiment] = {}
+EXPERIMENTS: Registry[Experiment] = Registry("experiment")
 
 
 def register_experiment(experiment: Experiment) -> Experiment:
     """Add ``experiment`` to the registry; a name can be registered once."""
-    if experiment.name in EXPERIMENTS:
-        raise ValueError(f"experiment {experiment.name!r} is already registered")
-    EXPERIMENTS[experiment.name] = experiment
-    return experiment
+    return EXPERIMENTS.add(experiment.name, experiment)
 
 
 def get_experiment(name: str) -> Experiment:
     """Look an experiment up by name; ValueError lists the valid names."""
-    try:
-        return EXPERIMENTS[name]
-    except KeyError:
-        valid = ", ".join(sorted(EXPERIMENTS))
-        raise ValueError(f"unknown experiment {name!r}; valid: {valid}") from None
+    return EXPERIMENTS.lookup(name)
 
 
 def write_results(out_dir: Path, results: dict) -> None:

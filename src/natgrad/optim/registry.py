@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from natgrad.registry import Registry
+
 HyperValue = float | int | str | bool | None
 
 
@@ -66,24 +68,17 @@ class OptimizerSpec:
         return self.factory(model, ctx, kwargs)
 
 
-OPTIMIZERS: dict[str, OptimizerSpec] = {}
+OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer")
 
 
 def register_optimizer(spec: OptimizerSpec) -> OptimizerSpec:
     """Add ``spec`` to the registry; a name can be registered once."""
-    if spec.name in OPTIMIZERS:
-        raise ValueError(f"optimizer {spec.name!r} is already registered")
-    OPTIMIZERS[spec.name] = spec
-    return spec
+    return OPTIMIZERS.add(spec.name, spec)
 
 
 def get_optimizer_spec(name: str) -> OptimizerSpec:
     """Look an optimizer up by name; ValueError lists the valid names."""
-    try:
-        return OPTIMIZERS[name]
-    except KeyError:
-        valid = ", ".join(sorted(OPTIMIZERS))
-        raise ValueError(f"unknown optimizer {name!r}; valid: {valid}") from None
+    return OPTIMIZERS.lookup(name)
 
 
 def resolve_hyperparameters(spec: OptimizerSpec, overrides: dict) -> dict[str, HyperValue]:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from natgrad.curvature.likelihoods import Likelihood, get_likelihood
+from natgrad.registry import Registry
 
 
 @dataclass
@@ -61,20 +62,14 @@ class Workload:
         return (outputs.argmax(dim=-1) != targets).sum()
 
 
-WORKLOADS: dict[str, Workload] = {}
+WORKLOADS: Registry[Workload] = Registry("workload")
 
 
 def register_workload(workload: Workload) -> Workload:
-    if workload.name in WORKLOADS:
-        raise ValueError(f"workload {workload.name!r} is already registered")
-    WORKLOADS[workload.name] = workload
-    return workload
+    """Add ``workload`` to the registry; a name can be registered once."""
+    return WORKLOADS.add(workload.name, workload)
 
 
 def get_workload(name: str) -> Workload:
     """Look a workload up by name; ValueError lists the valid names."""
-    try:
-        return WORKLOADS[name]
-    except KeyError:
-        valid = ", ".join(sorted(WORKLOADS))
-        raise ValueError(f"unknown workload {name!r}; valid: {valid}") from None
+    return WORKLOADS.lookup(name)
