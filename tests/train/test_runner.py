@@ -249,3 +249,38 @@ def test_resume_refuses_a_different_configuration(tmp_path: Path) -> None:
         )
     longer = train(RunConfig("digits_logreg", "sgd", steps=8, checkpoint_every=5), out, resume=True)
     assert longer.step == 8 and longer.status == "completed"
+
+
+def test_overwrite_replaces_a_run_but_never_other_files(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    config = RunConfig("digits_logreg", "sgd", steps=3)
+    train(config, run)
+    replaced = train(config, run, overwrite=True)
+    assert replaced.status == "completed"
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match="not part of a natgrad run"):
+        train(config, run, overwrite=True)
+    assert (run / "notes.txt").read_text() == "mine" and (run / "config.json").exists()
+    with pytest.raises(RunFolderError, match="exclude each other"):
+        train(config, tmp_path / "other", resume=True, overwrite=True)
+
+
+@pytest.mark.parametrize("optimizer", ["kfac", "kfac_adaptive", "ngd"])
+def test_second_order_crash_then_resume_equals_uninterrupted(tmp_path, monkeypatch, optimizer):
+    """Sampled targets, damping adaptation, inverse periods and momentum all resume exactly."""
+    config = RunConfig("digits_mlp", optimizer, steps=12, eval_every=6, checkpoint_every=5)
+    reference = train(config, tmp_path / "reference")
+    original_advance = runner_module.Run._advance
+
+    def crash_at_step_7(self):
+        if self.state.step == 7:
+            raise SystemExit("simulated kill")
+        return original_advance(self)
+
+    monkeypatch.setattr(runner_module.Run, "_advance", crash_at_step_7)
+    with pytest.raises(SystemExit):
+        train(config, tmp_path / "crashed")
+    monkeypatch.setattr(runner_module.Run, "_advance", original_advance)
+    resumed = train(config, tmp_path / "crashed", resume=True)
+    strip = lambda r: {k: v for k, v in r.final.items() if k != "wall_time"}  # noqa: E731
+    assert strip(resumed) == strip(reference)

@@ -179,17 +179,42 @@ class SignalFlag:
         self.received = signum
 
 
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints")
+
+
 def prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to write into a folder that holds a run unless resuming or overwriting."""
+    """Refuse to write into a folder that holds a run unless resuming or overwriting.
+
+    ``overwrite`` removes only a run's own files, and only from a folder that holds
+    nothing else: pointing ``--out`` at a folder of other work never deletes it.
+    """
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite exclude each other: choose one")
     if out_dir.exists() and any(out_dir.iterdir()):
         if overwrite:
-            shutil.rmtree(out_dir)
+            remove_run_files(out_dir)
         elif not resume:
             raise RunFolderError(
                 f"{out_dir} already holds files; pass --resume to continue that run "
                 "or --overwrite to replace it"
             )
     out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def remove_run_files(out_dir: Path) -> None:
+    """Delete a previous run from ``out_dir``; RunFolderError if anything else is there."""
+    entries = list(out_dir.iterdir())
+    foreign = sorted(p.name for p in entries if p.name not in RUN_FILES and p.suffix != ".tmp")
+    if foreign:
+        raise RunFolderError(
+            f"{out_dir} holds files that are not part of a natgrad run "
+            f"({', '.join(foreign[:5])}); --overwrite only replaces a run folder"
+        )
+    for entry in entries:
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def check_same_config(out_dir: Path, resolved: dict) -> None:
