@@ -346,3 +346,26 @@ def test_registry_builds_kfac_with_the_workload_likelihood_and_weight_decay():
     assert isinstance(opt, KFAC)
     assert opt.likelihood.name == "gaussian"
     assert opt.param_groups[0]["weight_decay"] == 1e-4 and opt.param_groups[0]["lr"] == 0.2
+
+
+def test_load_state_dict_keeps_float32_statistics_of_a_bfloat16_model():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).to(torch.bfloat16)
+    inputs, labels = torch.randn(32, 4, dtype=torch.bfloat16), torch.randint(0, 3, (32,))
+
+    def closure():
+        outputs = model(inputs)
+        return torch.nn.functional.cross_entropy(outputs.float(), labels), outputs
+
+    opt = KFAC(model, lr=0.1, momentum=0.9, damping=0.1, inv_every=2)
+    for _ in range(3):
+        opt.step(closure)
+    saved = copy.deepcopy(opt.state_dict())
+    resumed = KFAC(model, lr=0.1, momentum=0.9, damping=0.1, inv_every=2)
+    resumed.load_state_dict(saved)
+    for original, loaded in zip(opt.state.values(), resumed.state.values(), strict=True):
+        for key, value in original.items():
+            if isinstance(value, torch.Tensor):
+                assert loaded[key].dtype == value.dtype, key
+                torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
+    assert opt.state[model[0].weight]["A"].dtype == torch.float32

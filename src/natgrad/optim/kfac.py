@@ -274,9 +274,9 @@ class KFAC(torch.optim.Optimizer):
             if adapt_due and predicted is None:  # the model M is taken at theta, before the update
                 predicted = self._predicted_change(grads, updates, batch_inputs, group)
             self.apply_updates(updates)
-        self._fallback_step(group)
-        if adapt_due:
+        if adapt_due:  # rho compares h(theta + d) with M(d): before the fallback moves others
             self._adapt_damping(closure, loss, predicted, group)
+        self._fallback_step(group)
         return loss.detach()
 
     def _no_autocast(self):
@@ -633,6 +633,7 @@ class KFAC(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         extra = state_dict.pop("kfac", None)
         super().load_state_dict(state_dict)
+        self._restore_state_dtypes(state_dict["state"])
         if extra is None:
             return
         self.steps = extra["steps"]
@@ -640,6 +641,19 @@ class KFAC(torch.optim.Optimizer):
         self.skipped_statistics = extra["skipped_statistics"]
         if self.fallback is not None and extra["fallback"] is not None:
             self.fallback.load_state_dict(extra["fallback"])
+
+    def _restore_state_dtypes(self, saved: dict) -> None:
+        """Undo torch's cast of floating state to the parameter dtype on load.
+
+        Factors, inverses and velocities are kept in float32 even for bf16/fp16 models;
+        ``torch.optim.Optimizer.load_state_dict`` would cast them to the parameter dtype.
+        """
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, entries in saved.items():
+            param = params[int(index)]
+            for key, value in entries.items():
+                if isinstance(value, Tensor) and value.is_floating_point():
+                    self.state[param][key] = value.to(device=param.device)
 
 
 # ---------------------------------------------------------------- registration
