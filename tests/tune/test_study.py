@@ -6,6 +6,7 @@ import time
 import numpy as np
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from natgrad import cli
@@ -266,3 +267,24 @@ def test_an_interrupted_trial_stops_the_worker_and_is_run_again(tmp_path, monkey
 
 def trial_status_of(trial):
     return study_module.trial_status(trial)
+
+
+def test_numerical_failures_count_as_divergence_and_bugs_are_reported(
+    tmp_path, monkeypatch, capsys
+):
+    calls = []
+
+    def fake_train(config):
+        calls.append(config)
+        if len(calls) == 1:
+            raise torch.linalg.LinAlgError("cholesky: the matrix is not positive definite")
+        raise KeyError("a bug in user code")
+
+    monkeypatch.setattr(study_module, "train", fake_train)
+    url = storage_url(tmp_path, None)
+    (study,) = prepare_studies(url, [SPEC], 2)
+    work(url, [SPEC], 2)
+    records = trial_records(study, 2)
+    assert [r["status"] for r in records] == ["diverged", "error"]
+    assert "LinAlgError" in records[0]["reason"]
+    assert "unexpected error" in capsys.readouterr().err

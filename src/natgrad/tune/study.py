@@ -17,20 +17,24 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import threading
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import optuna
+import torch
 from optuna.distributions import FloatDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import qmc
 
 from natgrad.optim import get_optimizer_spec
+from natgrad.optim.natural_gradient import IndefiniteCurvatureError
 from natgrad.train import RunConfig, train
 from natgrad.tune.spaces import SearchSpace, load_space
 from natgrad.tune.storage import open_storage, study_lock
@@ -40,6 +44,8 @@ ATTRS_KEY = "natgrad"
 HEARTBEAT_INTERVAL_S = 30.0
 LOST_AFTER_S = 300.0
 COUNTED_FAILURES = ("diverged", "error", "non-finite")
+# Failures that say the hyperparameters are infeasible (like a divergence), not a bug.
+NUMERICAL_FAILURES = (ArithmeticError, torch.linalg.LinAlgError, IndefiniteCurvatureError)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -344,8 +350,16 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec) -> str:
             status, reason = "non-finite", f"{spec.metric} is {value}"
         elif status == "interrupted":
             reason = f"stopped by a signal at step {result.step}"
+    except NUMERICAL_FAILURES as error:  # the point is infeasible, like a divergence
+        status, reason = "diverged", f"{type(error).__name__}: {error}"
     except Exception as error:  # noqa: BLE001 - any failure of a trial is recorded, not fatal
         reason = f"{type(error).__name__}: {error}"
+        print(
+            f"[tune] trial {trial.number} of {spec.name} raised an unexpected error "
+            f"(recorded as failed):\n{traceback.format_exc()}",
+            file=sys.stderr,
+            flush=True,
+        )
     trial.set_user_attr("duration_s", time.perf_counter() - started)
     trial.set_user_attr("status", status)
     if reason:
