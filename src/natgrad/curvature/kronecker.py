@@ -38,10 +38,13 @@ class KroneckerFactors:
 
 
 def sampled_output_gradients(
-    likelihood: Likelihood, outputs: Tensor, layer_outputs: Sequence[Tensor]
+    likelihood: Likelihood,
+    outputs: Tensor,
+    layer_outputs: Sequence[Tensor],
+    generator: torch.Generator | None = None,
 ) -> list[list[Tensor]]:
     """Per-example gradients of nll(outputs, y ~ p(y | outputs)) at each layer output ("mc")."""
-    targets = likelihood.sample(outputs)
+    targets = likelihood.sample(outputs, generator=generator)
     total = likelihood.nll(outputs, targets).sum()
     grads = torch.autograd.grad(total, list(layer_outputs), retain_graph=True)
     return [[grad] for grad in grads]
@@ -66,11 +69,15 @@ def exact_output_gradients(
 
 
 def output_gradients(
-    fisher: str, likelihood: Likelihood, outputs: Tensor, layer_outputs: Sequence[Tensor]
+    fisher: str,
+    likelihood: Likelihood,
+    outputs: Tensor,
+    layer_outputs: Sequence[Tensor],
+    generator: torch.Generator | None = None,
 ) -> list[list[Tensor]]:
     """Gradients at the layer outputs that define G for ``fisher`` "mc" or "exact"."""
     if fisher == "mc":
-        return sampled_output_gradients(likelihood, outputs, layer_outputs)
+        return sampled_output_gradients(likelihood, outputs, layer_outputs, generator)
     if fisher == "exact":
         return exact_output_gradients(likelihood, outputs, layer_outputs)
     raise ValueError(f"fisher must be 'mc' or 'exact' here, got {fisher!r}")

@@ -214,11 +214,22 @@ class KFAC(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.fallback = self._build_fallback(fallback or _default_fallback)
         self.capture = CurvatureCapture(model, self.layers)
+        self.generator = self._sampling_generator(params)
         self.steps = 0
         self.stat_updates = 0
         self.skipped_statistics = 0
 
     # ------------------------------------------------------------ construction
+
+    @staticmethod
+    def _sampling_generator(params: list[Tensor]) -> torch.Generator:
+        """The optimizer's own RNG for sampled targets, seeded from the global torch RNG.
+
+        Its state is part of :meth:`state_dict`, so a resumed run draws the same targets.
+        """
+        device = params[0].device if params else torch.device("cpu")
+        seed = int(torch.randint(0, 2**62, (1,)))
+        return torch.Generator(device=device).manual_seed(seed)
 
     @staticmethod
     def _find_layers(model: nn.Module, exclude: tuple[str, ...]) -> list[TrackedLayer]:
@@ -317,7 +328,9 @@ class KFAC(torch.optim.Optimizer):
             scale = outputs.shape[0]  # d(mean loss)/ds = g_n / N
             per_layer = [[g[:count].float() * scale] for g in grads]
         else:
-            per_layer = output_gradients(self.fisher, self.likelihood, outputs, layer_outputs)
+            per_layer = output_gradients(
+                self.fisher, self.likelihood, outputs, layer_outputs, self.generator
+            )
             loss.backward()
         with torch.no_grad(), self._no_autocast():
             return [
@@ -351,7 +364,9 @@ class KFAC(torch.optim.Optimizer):
         with self.capture.capturing():
             sub_outputs = unwrap_model(self.model)(*sub_inputs)
         layer_outputs = [layer.layer_output for layer in self.layers]
-        per_layer = output_gradients(self.fisher, self.likelihood, sub_outputs, layer_outputs)
+        per_layer = output_gradients(
+            self.fisher, self.likelihood, sub_outputs, layer_outputs, self.generator
+        )
         count = sub_outputs.shape[0]
         with torch.no_grad(), self._no_autocast():
             return [
@@ -624,6 +639,7 @@ class KFAC(torch.optim.Optimizer):
             "steps": self.steps,
             "stat_updates": self.stat_updates,
             "skipped_statistics": self.skipped_statistics,
+            "generator": self.generator.get_state(),
             "fallback": None if self.fallback is None else self.fallback.state_dict(),
         }
         return state
@@ -639,6 +655,8 @@ class KFAC(torch.optim.Optimizer):
         self.steps = extra["steps"]
         self.stat_updates = extra["stat_updates"]
         self.skipped_statistics = extra["skipped_statistics"]
+        if "generator" in extra:
+            self.generator.set_state(extra["generator"].cpu())
         if self.fallback is not None and extra["fallback"] is not None:
             self.fallback.load_state_dict(extra["fallback"])
 
