@@ -218,7 +218,7 @@ def test_state_dict_resume_equals_uninterrupted(rule, hp):
 
     resumed_optimizer = CLASSES[rule](first_half.parameters(), lr=123.0)  # overwritten by load
     buffer.seek(0)
-    resumed_optimizer.load_state_dict(torch.load(buffer))
+    resumed_optimizer.load_state_dict(torch.load(buffer, weights_only=True))
     train(first_half, resumed_optimizer, 6, seed=1)
     for a, b in zip(uninterrupted.parameters(), first_half.parameters(), strict=True):
         assert torch.equal(a, b)

@@ -18,8 +18,24 @@ from natgrad.train import runner as runner_module
 from natgrad.train.checkpoint import load_checkpoint
 
 
-def final_without_time(summary: dict) -> dict:
-    return {k: v for k, v in summary["final"].items() if k != "wall_time"}
+def without_time(final: dict) -> dict:
+    return {k: v for k, v in final.items() if k != "wall_time"}
+
+
+def crash_then_resume(config: RunConfig, folder: Path, monkeypatch, at_step: int):
+    """Run until ``at_step``, die there as if killed (no clean-up), then resume to the end."""
+    original_advance = runner_module.Run._advance
+
+    def crash(self):
+        if self.state.step == at_step:
+            raise SystemExit("simulated kill")
+        return original_advance(self)
+
+    monkeypatch.setattr(runner_module.Run, "_advance", crash)
+    with pytest.raises(SystemExit):
+        train(config, folder)
+    monkeypatch.setattr(runner_module.Run, "_advance", original_advance)
+    return train(config, folder, resume=True)
 
 
 def test_train_writes_the_run_folder(tmp_path: Path) -> None:
@@ -67,22 +83,9 @@ def test_simulated_crash_then_resume_equals_uninterrupted(tmp_path: Path, monkey
         hyperparameters={"lr": 0.05},
     )
     reference = train(config, tmp_path / "reference")
-
-    original_advance = runner_module.Run._advance
-
-    def crash_at_step_25(self):
-        if self.state.step == 25:
-            raise SystemExit("simulated kill")
-        return original_advance(self)
-
-    monkeypatch.setattr(runner_module.Run, "_advance", crash_at_step_25)
-    with pytest.raises(SystemExit):
-        train(config, tmp_path / "crashed")
-    monkeypatch.setattr(runner_module.Run, "_advance", original_advance)
-    resumed = train(config, tmp_path / "crashed", resume=True)
+    resumed = crash_then_resume(config, tmp_path / "crashed", monkeypatch, at_step=25)
     assert resumed.status == "completed"
-    strip = lambda r: {k: v for k, v in r.final.items() if k != "wall_time"}  # noqa: E731
-    assert strip(resumed) == strip(reference)
+    assert without_time(resumed.final) == without_time(reference.final)
     steps = [
         json.loads(x)["step"] for x in (tmp_path / "crashed/metrics.jsonl").read_text().splitlines()
     ]
@@ -132,7 +135,7 @@ def test_sigkill_then_resume_ends_with_identical_metrics(tmp_path: Path) -> None
     assert main([*TRAIN_ARGS, "--out", str(reference)]) == 0
     resumed = json.loads((killed / "summary.json").read_text())
     uninterrupted = json.loads((reference / "summary.json").read_text())
-    assert final_without_time(resumed) == final_without_time(uninterrupted)
+    assert without_time(resumed["final"]) == without_time(uninterrupted["final"])
 
 
 def test_sigterm_checkpoints_and_marks_interrupted(tmp_path: Path) -> None:
@@ -270,17 +273,5 @@ def test_second_order_crash_then_resume_equals_uninterrupted(tmp_path, monkeypat
     """Sampled targets, damping adaptation, inverse periods and momentum all resume exactly."""
     config = RunConfig("digits_mlp", optimizer, steps=12, eval_every=6, checkpoint_every=5)
     reference = train(config, tmp_path / "reference")
-    original_advance = runner_module.Run._advance
-
-    def crash_at_step_7(self):
-        if self.state.step == 7:
-            raise SystemExit("simulated kill")
-        return original_advance(self)
-
-    monkeypatch.setattr(runner_module.Run, "_advance", crash_at_step_7)
-    with pytest.raises(SystemExit):
-        train(config, tmp_path / "crashed")
-    monkeypatch.setattr(runner_module.Run, "_advance", original_advance)
-    resumed = train(config, tmp_path / "crashed", resume=True)
-    strip = lambda r: {k: v for k, v in r.final.items() if k != "wall_time"}  # noqa: E731
-    assert strip(resumed) == strip(reference)
+    resumed = crash_then_resume(config, tmp_path / "crashed", monkeypatch, at_step=7)
+    assert without_time(resumed.final) == without_time(reference.final)

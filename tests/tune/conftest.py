@@ -30,19 +30,6 @@ def postgres_bin_dir() -> Path | None:
     return None
 
 
-def apt_install(package: str) -> str:
-    """Install a Debian package (apt-get update and retry on failure); returns the log tail."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return "not root or no apt-get"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    command = ["apt-get", "install", "-y", "-q", package]
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
-        result = subprocess.run(command, capture_output=True, text=True, env=env)
-    return (result.stdout + result.stderr)[-500:]
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -50,11 +37,11 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def postgres_url():
+def postgres_url(install_debian_package):
     """SQLAlchemy URL of a fresh PostgreSQL server on 127.0.0.1 (stopped after the session)."""
     folder = postgres_bin_dir()
     if folder is None:
-        log = apt_install("postgresql")
+        log = install_debian_package("postgresql")
         folder = postgres_bin_dir()
         if folder is None:
             pytest.skip(f"PostgreSQL is not installed and apt-get could not install it: {log}")
