@@ -105,14 +105,7 @@ class AsdlRun:
         self.maker.setup_loss_call(bernoulli_loss, dummy, targets)
         _, loss = self.maker.forward_and_backward()
         self.optimizer.step()
-        value = float(loss.detach())
-        elapsed = time.perf_counter() - started
-        if not value < 1e4:
-            self.curve.status = "diverged"
-            return
-        previous = self.curve.wall_times[-1] if self.curve.wall_times else 0.0
-        self.curve.losses.append(value)
-        self.curve.wall_times.append(previous + elapsed)
+        self.curve.record(float(loss.detach()), time.perf_counter() - started)
 
 
 def loss_at(curve: Curve, seconds: float) -> float | None:

@@ -53,6 +53,15 @@ class Curve:
     wall_times: list[float] = field(default_factory=list)
     status: str = "completed"
 
+    def record(self, loss: float, seconds: float) -> None:
+        """Append one step's loss and time, or mark the run diverged (the step not kept)."""
+        if not math.isfinite(loss) or loss > DIVERGED_LOSS:
+            self.status = "diverged"
+            return
+        previous = self.wall_times[-1] if self.wall_times else 0.0
+        self.losses.append(loss)
+        self.wall_times.append(previous + seconds)
+
     def smoothed(self, window: int = SMOOTHING) -> list[float]:
         """Trailing mean of the last ``window`` mini-batch losses at each step."""
         result, total = [], 0.0
@@ -132,13 +141,7 @@ class CurveRun:
             train_step(self.model, self.workload, self.spec, self.optimizer, inputs, targets)
         )
         self.scheduler.step()
-        elapsed = time.perf_counter() - started
-        if not math.isfinite(loss) or loss > DIVERGED_LOSS:
-            self.curve.status = "diverged"
-            return
-        previous = self.curve.wall_times[-1] if self.curve.wall_times else 0.0
-        self.curve.losses.append(loss)
-        self.curve.wall_times.append(previous + elapsed)
+        self.curve.record(loss, time.perf_counter() - started)
 
 
 def run_interleaved(

@@ -123,11 +123,10 @@ def build_components(resolved: dict, workload: Workload, device: str):
     torch.manual_seed(resolved["seed"])
     model = workload.build_model().to(device)
     spec = get_optimizer_spec(resolved["optimizer"])
-    optimizer_hparams, schedule_hparams = split_schedule_hyperparameters(
-        resolved["hyperparameters"]
-    )
+    hyperparameters = resolved["hyperparameters"]
+    _, schedule_hparams = split_schedule_hyperparameters(hyperparameters)
     context = BuildContext(likelihood=workload.likelihood_name, weight_decay=workload.weight_decay)
-    optimizer = spec.build(model, context, optimizer_hparams)
+    optimizer = spec.build(model, context, hyperparameters)  # build leaves the schedule out
     scheduler = build_schedule(optimizer, resolved["steps"], **schedule_hparams)
     return model, spec, optimizer, scheduler
 
