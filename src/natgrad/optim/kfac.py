@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jvp
+from torch.func import functional_call, jvp, vmap
 
 from natgrad.curvature.capture import (
     CurvatureCapture,
@@ -148,6 +148,29 @@ def _dot(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
     )
 
 
+def _layer_dot(xs: list[Tensor | None], ys: list[Tensor | None]) -> Tensor:
+    """sum over layers of <X, Y> (float32) for per-layer matrices; None counts as zero."""
+    terms = [
+        _matrix_dot(x.float(), y.float())
+        for x, y in zip(xs, ys, strict=True)
+        if x is not None and y is not None
+    ]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def _matrix_dot(x: Tensor, y: Tensor) -> Tensor:
+    """<X, Y> for two matrices; a flat vdot when both share a dense layout, else a sum.
+
+    The preconditioned matrices are transposed views (``cholesky_precondition``), so
+    flattening one of them would copy it.
+    """
+    if x.is_contiguous() and y.is_contiguous():
+        return torch.vdot(x.reshape(-1), y.reshape(-1))
+    if x.mT.is_contiguous() and y.mT.is_contiguous():
+        return torch.vdot(x.mT.reshape(-1), y.mT.reshape(-1))
+    return (x * y).sum()
+
+
 class KFAC(torch.optim.Optimizer):
     """K-FAC with factored Tikhonov damping; second-order, so ``step`` takes a closure.
 
@@ -215,6 +238,7 @@ class KFAC(torch.optim.Optimizer):
         self.fallback = self._build_fallback(fallback or _default_fallback)
         self.capture = CurvatureCapture(model, self.layers)
         self.generator = self._sampling_generator(params)
+        self._batched_jvp = True
         self.steps = 0
         self.stat_updates = 0
         self.skipped_statistics = 0
@@ -463,8 +487,7 @@ class KFAC(torch.optim.Optimizer):
         """d = -lr v with v <- momentum v + nu U (nu = KL-clip scale, 1 without clipping)."""
         lr, momentum = group["lr"], group["momentum"]
         if self.kl_clip is not None:
-            pairs = [(V, U) for V, U in zip(grads, proposals, strict=True) if V is not None]
-            inner = _dot([V for V, _ in pairs], [U for _, U in pairs])
+            inner = _layer_dot(grads, proposals)
             scale = kl_clip_scale(inner, lr, self.kl_clip)
             proposals = [None if U is None else U * scale for U in proposals]
         updates: list[Tensor | None] = []
@@ -507,13 +530,36 @@ class KFAC(torch.optim.Optimizer):
     def _output_directions(
         self, vectors: list[list[Tensor]], inputs: tuple
     ) -> tuple[list[Tensor], Tensor]:
-        """J u for each parameter-shaped vector u (forward mode only) and the outputs."""
+        """J u for each parameter-shaped vector u (forward mode only) and the outputs.
+
+        All tangents go through one jvp, vectorized over the tangents, so the primal
+        forward runs once and each layer's tangent products are one larger matmul; a
+        model that vmap cannot batch gets one jvp per tangent instead. Buffers (e.g.
+        BatchNorm running statistics) enter as copies made inside the transformed
+        function, so the model's own buffers are left unchanged.
+        """
         model = unwrap_model(self.model)
         params = parameter_dict(model)
+        buffers = dict(model.named_buffers())
 
         def outputs_of(values: dict[str, Tensor]) -> Tensor:
-            return functional_call(model, values, inputs).flatten(1)
+            copies = {name: buffer.clone() for name, buffer in buffers.items()}
+            return functional_call(model, {**values, **copies}, inputs).flatten(1)
 
+        if self._batched_jvp:
+            stacked = {
+                name: torch.stack([vector[i] for vector in vectors])
+                for i, name in enumerate(params)
+            }
+            try:
+                outputs, pushed = vmap(
+                    lambda tangents: jvp(outputs_of, (params,), (tangents,)),
+                    out_dims=(None, 0),
+                    randomness="same",
+                )(stacked)
+                return list(pushed.float().unbind(0)), outputs
+            except RuntimeError:
+                self._batched_jvp = False
         pushed, outputs = [], None
         for vector in vectors:
             tangents = dict(zip(params, vector, strict=True))
@@ -526,12 +572,10 @@ class KFAC(torch.optim.Optimizer):
 
         u_i^T F u_j = <J u_i, M J u_j> with M the output-space Fisher (= GGN) of the mean
         loss on the quadratic model's examples (REFERENCES.md s.2): forward-mode products
-        only, no backward pass and no parameter-space product.
+        only, no backward pass and no parameter-space product. The plain inner products
+        are taken on the per-layer matrices (directions are zero outside tracked layers).
         """
         flat = [self._directions_as_param_list(u) for u in directions]
-        grad_flat = self._directions_as_param_list(
-            [None if g is None else g.float() for g in grads]
-        )
         with torch.enable_grad():
             pushed, outputs = self._output_directions(flat, self._model_inputs(batch_inputs))
         curvature = fisher_output_curvature(self.likelihood, outputs, kind="exact")
@@ -544,11 +588,15 @@ class KFAC(torch.optim.Optimizer):
             ]
         )
         fisher_gram = 0.5 * (fisher_gram + fisher_gram.T)
-        inner = {(i, j): _dot(flat[i], flat[j]) for i in range(size) for j in range(i, size)}
+        inner = {
+            (i, j): _layer_dot(directions[i], directions[j])
+            for i in range(size)
+            for j in range(i, size)
+        }
         inner_gram = torch.stack(
             [torch.stack([inner[min(i, j), max(i, j)] for j in range(size)]) for i in range(size)]
         )
-        grad_dots = torch.stack([_dot(grad_flat, flat[i]) for i in range(size)])
+        grad_dots = torch.stack([_layer_dot(grads, directions[i]) for i in range(size)])
         return fisher_gram, inner_gram, grad_dots
 
     def _quadratic_model_updates(
