@@ -107,3 +107,12 @@ def test_quick_experiment_writes_results_and_figure(tmp_path):
             assert record["status"] == "completed"
             assert record["steps_to_target"] is not None
             assert record["final_smoothed_loss"] < record["losses"][0]
+
+
+def test_every_batch_size_gets_the_same_number_of_examples():
+    from natgrad.experiments.kfac_vs_sgd import FULL, QUICK
+
+    for setting in (FULL, QUICK):
+        budgets = {batch * setting.steps(batch) for batch in setting.batch_sizes}
+        assert budgets == {setting.examples}
+    assert FULL.steps(250) == 16 * FULL.steps(4000)

@@ -1,19 +1,21 @@
 """K-FAC against SGD with momentum on the deep autoencoder, at several batch sizes m.
 
 The seed's claim (Martens & Grosse 2015, s.13): K-FAC's progress per step keeps growing
-as the mini-batch grows (its curvature estimate and its gradient both improve), while
-SGD's gain from a larger batch is sublinear (past a point, a larger batch only lowers
-the gradient noise it cannot exploit). For each m, each optimizer trains from the same
-seeded initialization with every learning rate of a small grid, and the learning rate
-whose smoothed training loss ends lowest is kept. K-FAC is the registry's
-``kfac_adaptive`` (step length and momentum from the quadratic model, Levenberg-Marquardt
-damping), so its grid is over the initial damping instead of a learning rate. The
-results are the training loss against steps and against wall-clock time, and the
-per-step gain ``steps_to_target(m_0) / steps_to_target(m)`` of each optimizer, to its
-own target (the lowest loss all its kept runs reach, since SGD's plateau lies far above
-where K-FAC goes), with the linear gain m / m_0 as the reference. Training loss is the
-mini-batch loss before each update (the runner's definition), smoothed over a trailing
-window of ``SMOOTHING`` steps.
+as the mini-batch grows (its curvature estimate and its gradient both improve), about
+linearly in m or better, while SGD's gain from a larger batch is sublinear (past a
+point, a larger batch only lowers the gradient noise it cannot exploit). Every run
+processes the same number of training examples, so a run at m takes examples / m
+steps; linear per-step gain is then the same loss curve against examples processed.
+For each m, each optimizer trains from the same seeded initialization with every
+point of a small grid, and the point whose smoothed training loss ends lowest is
+kept: Momentum (0.9) over learning rates, and the registry's ``kfac_adaptive`` (step
+length and momentum from the quadratic model, Levenberg-Marquardt damping) over the
+initial damping. The results are the training loss against steps, examples and
+wall-clock time, and the per-step gain ``steps_to_target(m_0) / steps_to_target(m)``
+of each optimizer to its own target (the lowest loss all its kept runs reach, since
+SGD's plateau lies far above where K-FAC goes), with the linear gain m / m_0 as the
+reference. Training loss is the mini-batch loss before each update (the runner's
+definition), smoothed over a trailing window of ``SMOOTHING`` steps.
 """
 
 from __future__ import annotations
@@ -191,22 +193,26 @@ class Setting:
 
     workload: str
     batch_sizes: tuple[int, ...]
-    steps: int
+    examples: int  # training examples per run: examples // m steps at batch size m
     momentum_grid: tuple[float, ...]  # learning rates (momentum 0.9)
     kfac_grid: tuple[float, ...]  # initial damping lambda_0 (then Levenberg-Marquardt)
+
+    def steps(self, batch_size: int) -> int:
+        """Steps of a run at ``batch_size``: the example budget in whole batches."""
+        return max(1, self.examples // batch_size)
 
 
 FULL = Setting(
     workload="fmnist_autoencoder",
     batch_sizes=(250, 1000, 4000),
-    steps=120,
+    examples=320_000,
     momentum_grid=(3e-3, 1e-2),
-    kfac_grid=(1.0,),
+    kfac_grid=(0.1, 1.0),
 )
 QUICK = Setting(
     workload="mnist_autoencoder",
     batch_sizes=(50, 200),
-    steps=12,
+    examples=1_600,
     momentum_grid=(3e-3,),
     kfac_grid=(1.0,),
 )
@@ -245,13 +251,14 @@ def _setting_label(curve: Curve) -> str:
 
 
 def _plot(kept: dict[str, dict[int, Curve]], gains: dict, out_dir: Path) -> None:
-    """Loss vs steps, loss vs time (targets dotted) and per-step gain vs m (log-log)."""
+    """Loss vs steps, vs examples and vs time (targets dotted); per-step gain vs m."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (by_steps, by_time, gain_axes) = plt.subplots(1, 3, figsize=(16, 4.8))
+    figure, axes = plt.subplots(1, 4, figsize=(21, 4.8))
+    by_steps, by_examples, by_time, gain_axes = axes
     colors = {"kfac_adaptive": "tab:red", "momentum": "tab:blue"}
     styles = ["-", "--", ":", "-."]
     for name, by_batch in kept.items():
@@ -259,14 +266,18 @@ def _plot(kept: dict[str, dict[int, Curve]], gains: dict, out_dir: Path) -> None
             label = f"{name} m={batch} {_setting_label(curve)}"
             smoothed = curve.smoothed()
             steps = range(1, len(smoothed) + 1)
+            examples = [step * batch for step in steps]
             by_steps.plot(steps, smoothed, style, color=colors[name], label=label)
+            by_examples.plot(examples, smoothed, style, color=colors[name], label=label)
             by_time.plot(curve.wall_times, smoothed, style, color=colors[name], label=label)
-    for axes, xlabel in ((by_steps, "step"), (by_time, "training wall-clock time (s)")):
+    xlabels = ("step", "training examples processed", "training wall-clock time (s)")
+    for panel, xlabel in zip((by_steps, by_examples, by_time), xlabels, strict=True):
         for name, record in gains.items():
-            axes.axhline(record["target"], color=colors[name], linestyle=":", linewidth=0.8)
-        axes.set_xlabel(xlabel)
-        axes.set_ylabel(f"training loss (mean of last {SMOOTHING} mini-batches)")
-        axes.set_yscale("log")
+            panel.axhline(record["target"], color=colors[name], linestyle=":", linewidth=0.8)
+        panel.set_xlabel(xlabel)
+        panel.set_ylabel(f"training loss (mean of last {SMOOTHING} mini-batches)")
+        panel.set_xscale("log")
+        panel.set_yscale("log")
     by_steps.legend(fontsize=7)
     batches = sorted(next(iter(kept.values())))
     for name, record in gains.items():
@@ -318,7 +329,9 @@ def run(out_dir: Path, quick: bool = False) -> dict:
     with single_thread():
         for batch in setting.batch_sizes:
             runs = {
-                name: [CurveRun(setting.workload, name, h, batch, setting.steps) for h in grid]
+                name: [
+                    CurveRun(setting.workload, name, h, batch, setting.steps(batch)) for h in grid
+                ]
                 for name, grid in grids.items()
             }
             run_interleaved([run for group in runs.values() for run in group])
@@ -348,7 +361,8 @@ def analyze(
     _plot(kept, gains, out_dir)
     results = {
         "workload": setting.workload,
-        "steps": setting.steps,
+        "examples_per_run": setting.examples,
+        "steps": {str(batch): setting.steps(batch) for batch in setting.batch_sizes},
         "threads": 1,
         "per_step_gain": gains,
         "kept": {
