@@ -369,3 +369,14 @@ def test_load_state_dict_keeps_float32_statistics_of_a_bfloat16_model():
                 assert loaded[key].dtype == value.dtype, key
                 torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
     assert opt.state[model[0].weight]["A"].dtype == torch.float32
+
+
+def test_statistics_are_taken_every_stat_every_steps():
+    model, inputs, targets = _regression(5)
+    opt = KFAC(model, lr=0.1, damping=0.1, likelihood="gaussian", stat_every=3)
+    closure = _closure(opt, model, inputs, targets)
+    counts = []
+    for _ in range(7):
+        opt.step(closure)
+        counts.append(opt.stat_updates)
+    assert counts == [1, 1, 1, 2, 2, 2, 3]  # steps 1, 4 and 7
