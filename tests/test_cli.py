@@ -62,3 +62,25 @@ def test_threads_option(tmp_path, capsys) -> None:
         assert "--threads must be >= 1" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+def test_experiment_lists_and_runs_one(capsys, tmp_path) -> None:
+    assert main(["experiment"]) == 0
+    assert "kfac-vs-sgd" in capsys.readouterr().out
+    out_dir = tmp_path / "quadratic"
+    command = ["--threads", "1", "experiment", "ill-conditioned-quadratic", "--quick"]
+    assert main([*command, "--out", str(out_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert (out_dir / "results.json").is_file()
+    assert f"in {out_dir}" in printed
+
+
+def test_long_lists_are_summarized_for_printing() -> None:
+    from natgrad.cli import _without_long_lists
+
+    value = {"curve": list(range(30)), "short": [1, {"inner": list(range(25))}], "x": 1.5}
+    assert _without_long_lists(value) == {
+        "curve": "[30 values, see results.json]",
+        "short": [1, {"inner": "[25 values, see results.json]"}],
+        "x": 1.5,
+    }

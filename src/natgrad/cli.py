@@ -160,9 +160,20 @@ def run_experiment(args: argparse.Namespace) -> int:
     out_dir = Path(args.out or f"runs/{args.name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     results = experiment.run(out_dir, args.quick)
-    print(json.dumps(results, indent=2, sort_keys=True, default=str))
-    print(f"figures and results.json in {out_dir}")
+    print(json.dumps(_without_long_lists(results), indent=2, sort_keys=True, default=str))
+    print(f"figures and results.json (with every curve) in {out_dir}")
     return 0
+
+
+def _without_long_lists(value, limit: int = 20):
+    """``value`` with every list longer than ``limit`` replaced by a note of its length."""
+    if isinstance(value, dict):
+        return {key: _without_long_lists(item, limit) for key, item in value.items()}
+    if isinstance(value, list):
+        if len(value) > limit:
+            return f"[{len(value)} values, see results.json]"
+        return [_without_long_lists(item, limit) for item in value]
+    return value
 
 
 def add_demo_parser(commands) -> None:
