@@ -10,7 +10,7 @@ of its last 10 mini-batch losses) reaches the lowest of the targets (``--target`
 ``--report-targets``), or after ``--time-limit`` seconds of its own training time
 (evaluation is not run); every target is reported from the same curves.
 
-"Paired" time to a target is the steps to it times the run's median step time over
+"Paired" time to a target is the steps to it times the run's mean step time over
 the first rounds in which every run was still active, so all saw the same load (raw
 times of a run that stopped early and one that went on later are not comparable on a
 shared machine).
@@ -85,7 +85,8 @@ def summarize(spec: RunSpec, curve: Curve, target: float, window: int) -> dict:
     over the first ``window`` rounds, when every run was still active (same load)."""
     steps = len(curve.wall_times)
     times = step_times(curve)
-    paired_step = statistics.median(times[:window]) if times[:window] else None
+    # the mean, not the median: periodic work (inverses, the damping rule) counts
+    paired_step = statistics.fmean(times[:window]) if times[:window] else None
     steps_to = curve.steps_to(target)
     return {
         "label": spec.label,
@@ -180,6 +181,11 @@ def parse_arguments() -> argparse.Namespace:
         "--variant-damping", type=float, default=0.1, help="0 leaves the variants out"
     )
     parser.add_argument("--out", type=Path, default=Path("runs/kfac_time_to_target"))
+    parser.add_argument(
+        "--reanalyze",
+        type=Path,
+        help="recompute the tables and figure from the curves of an earlier results.json",
+    )
     parser.add_argument("--figure", type=Path, default=Path("docs/figures/kfac_time_to_target.png"))
     return parser.parse_args()
 
@@ -218,24 +224,55 @@ def print_records(records: list[dict], target: float) -> None:
         )
 
 
-def main() -> None:
-    args = parse_arguments()
-    targets = sorted(set(args.report_targets) | {args.target}, reverse=True)
-    stop_at = min(targets)
-    print(
-        f"threads={torch.get_num_threads()} OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} "
-        f"load average={os.getloadavg()[0]:.1f} batch={args.batch} targets={targets}"
-    )
-    specs = grid(args)
+def run_all(specs: list[RunSpec], args: argparse.Namespace, stop_at: float) -> dict[str, Curve]:
+    """Every run of the grid, round-robin, until the lowest target or the time limit."""
     runs = {
         spec.label: CurveRun(
             WORKLOAD, spec.optimizer, spec.hyperparameters, args.batch, args.max_steps
         )
         for spec in specs
     }
-    started = time.perf_counter()
     run_interleaved(list(runs.values()), time_limit=args.time_limit, target=stop_at)
-    curves = {label: run.curve for label, run in runs.items()}
+    return {label: run.curve for label, run in runs.items()}
+
+
+def load_curves(specs: list[RunSpec], args: argparse.Namespace, path: Path) -> dict[str, Curve]:
+    """The curves stored in an earlier results.json, for the runs of this grid."""
+    stored = json.loads(path.read_text())
+    statuses = {
+        record["label"]: record["status"]
+        for by_target in stored["targets"].values()
+        for record in by_target["runs"]
+    }
+    curves = {}
+    for spec in specs:
+        if spec.label not in stored["curves"]:
+            raise ValueError(f"{path} has no run {spec.label!r}; use the same grid arguments")
+        data = stored["curves"][spec.label]
+        curves[spec.label] = Curve(
+            spec.optimizer,
+            dict(spec.hyperparameters),
+            args.batch,
+            losses=list(data["losses"]),
+            wall_times=list(data["wall_times"]),
+            status=statuses.get(spec.label, "completed"),
+        )
+    return curves
+
+
+def main() -> None:
+    args = parse_arguments()
+    targets = sorted(set(args.report_targets) | {args.target}, reverse=True)
+    print(
+        f"threads={torch.get_num_threads()} OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} "
+        f"load average={os.getloadavg()[0]:.1f} batch={args.batch} targets={targets}"
+    )
+    specs = grid(args)
+    started = time.perf_counter()
+    if args.reanalyze is not None:
+        curves = load_curves(specs, args, args.reanalyze)
+    else:
+        curves = run_all(specs, args, stop_at=min(targets))
     window = min(len(curve.wall_times) for curve in curves.values())
     by_target = {}
     for target in targets:
