@@ -119,7 +119,14 @@ def test_quadratic_model_alpha_mu_match_dense_two_by_two_solve(model_fraction):
         stat_decay=0.0,
         inv_every=1,
     )
-    opt = KFAC(model, lr=1.0, adapt_step=True, model_fraction=model_fraction, **kwargs)
+    opt = KFAC(
+        model,
+        lr=1.0,
+        adapt_step=True,
+        model_fraction=model_fraction,
+        model_min_examples=1,
+        **kwargs,
+    )
     closure = _closure(opt, model, inputs, targets)
     previous = None
     for _ in range(3):
@@ -315,6 +322,7 @@ def test_lr_scheduler_drives_the_param_group_and_the_fallback():
         (dict(stat_decay=-0.1), "stat_decay"),
         (dict(inv_every=0), "inv_every"),
         (dict(stat_every=0), "stat_every"),
+        (dict(model_min_examples=0), "model_min_examples"),
         (dict(stat_fraction=0.0), "stat_fraction"),
         (dict(stat_fraction=1.5), "stat_fraction"),
         (dict(model_fraction=0.0), "model_fraction"),
@@ -380,3 +388,22 @@ def test_statistics_are_taken_every_stat_every_steps():
         opt.step(closure)
         counts.append(opt.stat_updates)
     assert counts == [1, 1, 1, 2, 2, 2, 3]  # steps 1, 4 and 7
+
+
+@pytest.mark.parametrize(
+    "fraction, floor, expected",
+    [(0.125, 8, 8), (0.125, 2, 3), (0.5, 1, 12), (0.125, 128, 24), (1.0, 1, 24)],
+)
+def test_quadratic_model_examples_are_a_fraction_with_a_floor(fraction, floor, expected):
+    model, inputs, _ = _regression(6)
+    opt = KFAC(
+        model,
+        lr=1.0,
+        likelihood="gaussian",
+        adapt_step=True,
+        model_fraction=fraction,
+        model_min_examples=floor,
+    )
+    (chosen,) = opt._model_inputs((inputs,))
+    assert chosen.shape[0] == expected
+    torch.testing.assert_close(chosen, inputs[:expected])

@@ -119,7 +119,7 @@ def _check_arguments(args: dict) -> None:
     for name in ("stat_fraction", "model_fraction"):
         if not 0.0 < args[name] <= 1.0:
             raise ValueError(f"{name} must be in (0, 1], got {args[name]!r}")
-    for name in ("stat_every", "inv_every"):
+    for name in ("stat_every", "inv_every", "model_min_examples"):
         if not (isinstance(args[name], int) and args[name] >= 1):
             raise ValueError(f"{name} must be an integer >= 1, got {args[name]!r}")
     if args["fisher"] not in FISHER_KINDS:
@@ -187,8 +187,11 @@ class KFAC(torch.optim.Optimizer):
         stat_decay: EMA decay of the factors in [0, 1) (warm-up min(1 - 1/k, decay)).
         stat_every, inv_every: periods (steps) of statistics and of inverses.
         stat_fraction: statistics on the first ceil(stat_fraction * m) examples.
-        model_fraction: the Fisher products of the quadratic model (``adapt_step`` and
-            the damping rule) on the first ceil(model_fraction * m) examples; the
+        model_fraction, model_min_examples: the Fisher products of the quadratic model
+            (``adapt_step`` and the damping rule) on the first
+            max(ceil(model_fraction * m), model_min_examples) examples (at most m); the
+            floor keeps the 2x2 model from being estimated on a handful of examples at
+            small batch sizes, where its step overshoots and training diverges; the
             gradient is always the whole batch's.
         inverse: "cholesky" or "eigen" (damping can change without a new decomposition).
         adapt_damping: Levenberg-Marquardt rule every ``damping_config.interval`` steps.
@@ -213,6 +216,7 @@ class KFAC(torch.optim.Optimizer):
         inv_every: int = 20,
         stat_fraction: float = 1.0,
         model_fraction: float = 1.0,
+        model_min_examples: int = 128,
         inverse: str = "cholesky",
         adapt_damping: bool = False,
         adapt_step: bool = False,
@@ -228,7 +232,7 @@ class KFAC(torch.optim.Optimizer):
         self.fisher, self.inverse_method = fisher, inverse
         self.stat_decay, self.stat_every, self.inv_every = stat_decay, stat_every, inv_every
         self.stat_fraction, self.kl_clip = stat_fraction, kl_clip
-        self.model_fraction = model_fraction
+        self.model_fraction, self.model_min_examples = model_fraction, model_min_examples
         self.adapt_damping, self.adapt_step = adapt_damping, adapt_step
         self.damping_config = damping_config
         self.layers = self._find_layers(model, tuple(exclude))
@@ -518,13 +522,15 @@ class KFAC(torch.optim.Optimizer):
         return [by_param.get(id(p), torch.zeros_like(p)).to(p.dtype) for p in params]
 
     def _model_inputs(self, batch_inputs: tuple) -> tuple:
-        """The first ceil(model_fraction * m) examples: the batch of the quadratic model."""
+        """The quadratic model's examples: the first max(ceil(model_fraction * m), floor)."""
         batch_size = next(
             (x.shape[0] for x in batch_inputs if isinstance(x, Tensor) and x.dim() > 0), None
         )
         if batch_size is None or self.model_fraction == 1.0:
             return batch_inputs
-        count = math.ceil(self.model_fraction * batch_size)
+        count = max(math.ceil(self.model_fraction * batch_size), self.model_min_examples)
+        if count >= batch_size:
+            return batch_inputs
         return _slice_batch(batch_inputs, batch_size, count)
 
     def _output_directions(
@@ -742,6 +748,9 @@ KFAC_HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("stat_fraction", 0.125, "fraction of the batch for statistics in (0, 1]"),
     Hyperparameter(
         "model_fraction", 0.125, "fraction of the batch for the quadratic model in (0, 1]"
+    ),
+    Hyperparameter(
+        "model_min_examples", 128, "at least this many examples for the quadratic model"
     ),
     Hyperparameter("inverse", "cholesky", "inverse method: cholesky | eigen"),
     Hyperparameter("adapt_damping", False, "Levenberg-Marquardt damping every 5 steps"),
