@@ -159,11 +159,8 @@ def _layer_dot(xs: list[Tensor | None], ys: list[Tensor | None]) -> Tensor:
 
 
 def _matrix_dot(x: Tensor, y: Tensor) -> Tensor:
-    """<X, Y> for two matrices; a flat vdot when both share a dense layout, else a sum.
-
-    The preconditioned matrices are transposed views (``cholesky_precondition``), so
-    flattening one of them would copy it.
-    """
+    """<X, Y> for two matrices: a flat vdot when both share a dense layout (row- or
+    column-major), else an elementwise sum, so that no operand is copied to flatten it."""
     if x.is_contiguous() and y.is_contiguous():
         return torch.vdot(x.reshape(-1), y.reshape(-1))
     if x.mT.is_contiguous() and y.mT.is_contiguous():
