@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import statistics
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from natgrad.experiments.kfac_vs_sgd import Curve, CurveRun, run_interleaved
-from natgrad.train.runner import BatchSampler, load_workload_data
+from natgrad.experiments.kfac_vs_sgd import Curve, CurveRun, SteppedRun, run_interleaved
+from natgrad.train.runner import load_workload_data
 from natgrad.workloads import get_workload
 
 WORKLOAD = "fmnist_autoencoder"
@@ -70,12 +69,13 @@ def bernoulli_loss(outputs: Tensor, targets: Tensor, reduction: str = "mean") ->
     return nll.sum() if reduction == "sum" else nll.mean()
 
 
-class AsdlRun:
+class AsdlRun(SteppedRun):
     """ASDL K-FAC (empirical Fisher) plus torch SGD with momentum, stepped like a CurveRun."""
 
     def __init__(self, asdl, lr: float, batch_size: int, steps: int, args: argparse.Namespace):
         workload = get_workload(WORKLOAD)
-        self.data = load_workload_data(workload, None, "cpu")
+        data = load_workload_data(workload, None, "cpu")
+        super().__init__(data, Curve("asdl-kfac", {"lr": lr}, batch_size), batch_size, steps, 0)
         torch.manual_seed(0)  # the runner's seed: the same initial weights as natgrad's runs
         self.model = workload.build_model()
         config = asdl.PreconditioningConfig(
@@ -89,25 +89,14 @@ class AsdlRun:
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=lr, momentum=0.9, weight_decay=WEIGHT_DECAY
         )
-        self.sampler = BatchSampler(len(self.data.train), batch_size, 0, "cpu")
-        self.steps = steps
-        self.curve = Curve("asdl-kfac", {"lr": lr}, batch_size)
 
-    @property
-    def done(self) -> bool:
-        return self.curve.status != "completed" or len(self.curve.losses) >= self.steps
-
-    def advance(self) -> None:
-        step = len(self.curve.losses)
-        started = time.perf_counter()
-        indices = self.sampler.indices(step)
-        inputs, targets = self.data.train.inputs[indices], self.data.train.targets[indices]
+    def train_on(self, inputs: Tensor, targets: Tensor) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         dummy = self.maker.setup_model_call(self.model, inputs)
         self.maker.setup_loss_call(bernoulli_loss, dummy, targets)
         _, loss = self.maker.forward_and_backward()
         self.optimizer.step()
-        self.curve.record(float(loss.detach()), time.perf_counter() - started)
+        return float(loss.detach())
 
 
 def loss_at(curve: Curve, seconds: float) -> float | None:

@@ -93,8 +93,36 @@ class Curve:
         return None if index is None else self.wall_times[index]
 
 
-class CurveRun:
-    """One training run advanced a step at a time, so that several runs can be interleaved.
+class SteppedRun:
+    """A training run advanced one step at a time, so that several can be interleaved.
+
+    It owns the data, the runner's batch sampler and the curve; a subclass trains on one
+    batch in :meth:`train_on` and returns the loss. The recorded time of a step is the
+    batch lookup plus :meth:`train_on`.
+    """
+
+    def __init__(self, data, curve: Curve, batch_size: int, steps: int, seed: int) -> None:
+        self.data, self.curve, self.steps = data, curve, steps
+        self.sampler = BatchSampler(len(data.train), batch_size, seed, "cpu")
+
+    @property
+    def done(self) -> bool:
+        return self.curve.status != "completed" or len(self.curve.losses) >= self.steps
+
+    def train_on(self, inputs, targets) -> float:
+        raise NotImplementedError
+
+    def advance(self) -> None:
+        """One training step on the sampler's next batch; records its loss and time."""
+        started = time.perf_counter()
+        indices = self.sampler.indices(len(self.curve.losses))
+        inputs, targets = self.data.train.inputs[indices], self.data.train.targets[indices]
+        loss = self.train_on(inputs, targets)
+        self.curve.record(loss, time.perf_counter() - started)
+
+
+class CurveRun(SteppedRun):
+    """A natgrad training run, stepped so that several runs can be interleaved.
 
     The model, optimizer, schedule and batches are those of ``natgrad train`` with the
     same seed; evaluation is left out, so the recorded times are pure training time.
@@ -121,29 +149,20 @@ class CurveRun:
             data_dir=data_dir,
             evaluate_test=False,
         ).resolved()
-        self.data = load_workload_data(self.workload, data_dir, "cpu")
+        data = load_workload_data(self.workload, data_dir, "cpu")
+        curve = Curve(optimizer, dict(hyperparameters), batch_size)
+        super().__init__(data, curve, batch_size, steps, seed)
         self.model, self.spec, self.optimizer, self.scheduler = build_components(
             resolved, self.workload, "cpu"
         )
-        self.sampler = BatchSampler(len(self.data.train), batch_size, seed, "cpu")
-        self.steps = steps
-        self.curve = Curve(optimizer, dict(hyperparameters), batch_size)
 
-    @property
-    def done(self) -> bool:
-        return self.curve.status != "completed" or len(self.curve.losses) >= self.steps
-
-    def advance(self) -> None:
-        """One training step (batch, update, schedule); records its loss and time."""
-        step = len(self.curve.losses)
-        started = time.perf_counter()
-        indices = self.sampler.indices(step)
-        inputs, targets = self.data.train.inputs[indices], self.data.train.targets[indices]
+    def train_on(self, inputs, targets) -> float:
+        """The runner's update on one batch, then the schedule's step."""
         loss = float(
             train_step(self.model, self.workload, self.spec, self.optimizer, inputs, targets)
         )
         self.scheduler.step()
-        self.curve.record(loss, time.perf_counter() - started)
+        return loss
 
 
 def run_interleaved(
@@ -387,6 +406,7 @@ register_experiment(
 
 __all__ = [
     "Curve",
+    "SteppedRun",
     "CurveRun",
     "run_interleaved",
     "training_curve",

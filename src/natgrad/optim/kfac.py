@@ -159,12 +159,10 @@ def _layer_dot(xs: list[Tensor | None], ys: list[Tensor | None]) -> Tensor:
 
 
 def _matrix_dot(x: Tensor, y: Tensor) -> Tensor:
-    """<X, Y> for two matrices: a flat vdot when both share a dense layout (row- or
-    column-major), else an elementwise sum, so that no operand is copied to flatten it."""
+    """<X, Y> for two matrices: a flat vdot when both are contiguous, else an elementwise
+    sum, so that no operand is copied to flatten it."""
     if x.is_contiguous() and y.is_contiguous():
         return torch.vdot(x.reshape(-1), y.reshape(-1))
-    if x.mT.is_contiguous() and y.mT.is_contiguous():
-        return torch.vdot(x.mT.reshape(-1), y.mT.reshape(-1))
     return (x * y).sum()
 
 
