@@ -32,7 +32,7 @@ def _factors_after_one_step(model: nn.Module, inputs, likelihood: str, fisher: s
 
     opt.step(closure)
     return opt, [
-        (opt.state[layer.module.weight]["A"], opt.state[layer.module.weight]["G"])
+        (opt.preconditioner(layer.module).A, opt.preconditioner(layer.module).G)
         for layer in opt.layers
     ]
 
@@ -181,10 +181,10 @@ def test_mc_statistics_converge_to_exact():
     for step in range(1, 257):  # eps_k = 1 - 1/k: the EMA is the plain mean of all samples
         opt.step(closure)
         if step in (4, 256):
-            errors[step] = _relative_error(opt.state[model[0].weight]["G"], exact_G)
+            errors[step] = _relative_error(opt.preconditioner(model[0]).G, exact_G)
     assert errors[256] < 0.1
     assert errors[256] < errors[4]  # shrinks like 1/sqrt(samples) (one draw: no tight ratio)
-    torch.testing.assert_close(opt.state[model[0].weight]["A"], exact[0][0])
+    torch.testing.assert_close(opt.preconditioner(model[0]).A, exact[0][0])
 
 
 def test_empirical_statistics_use_per_example_label_gradients():
@@ -199,8 +199,8 @@ def test_empirical_statistics_use_per_example_label_gradients():
 
     opt.step(closure)
     residual = (model(inputs) - targets).detach()  # per-example d nll / d output of the last layer
-    torch.testing.assert_close(opt.state[model[2].weight]["G"], residual.T @ residual / 9)
-    assert math.isfinite(float(opt.state[model[0].weight]["G"].sum()))
+    torch.testing.assert_close(opt.preconditioner(model[2]).G, residual.T @ residual / 9)
+    assert math.isfinite(float(opt.preconditioner(model[0]).G.sum()))
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

@@ -86,9 +86,13 @@ def test_levenberg_marquardt_rule_matches_dense_reduction_ratio():
         predicted = (
             0.5 * d @ (fisher + weight_decay * torch.eye(len(d), dtype=d.dtype)) @ d + grad @ d
         )
-        old_loss = Gaussian().loss(wide(inputs.double()), targets.double())
-        new_loss = Gaussian().loss(model(inputs).double(), targets.double())
-        rho = float((new_loss - old_loss) / predicted)
+        # h = L + eta/2 ||theta||^2: the objective that the model M (with eta) models
+        old_h = Gaussian().loss(wide(inputs.double()), targets.double())
+        old_h = old_h + 0.5 * weight_decay * flatten_params(wide).pow(2).sum()
+        with torch.no_grad():
+            new_h = Gaussian().loss(model(inputs).double(), targets.double())
+            new_h = new_h + 0.5 * weight_decay * flatten_params(model).double().pow(2).sum()
+        rho = float((new_h - old_h) / predicted)
         assert opt.last_rho == pytest.approx(rho, rel=1e-3, abs=1e-4)
         omega = (19 / 20) ** 1
         expected = levenberg_marquardt_damping(old_damping, rho, omega, 1e-8, 1e8)
@@ -266,7 +270,7 @@ def test_non_finite_statistics_are_skipped_with_one_warning():
     )
     closure = _closure(opt, model, inputs, targets)
     opt.step(closure)
-    factors = {k: opt.state[model[0].weight][k].clone() for k in ("A", "G")}
+    factors = {k: getattr(opt.preconditioner(model[0]), k).clone() for k in ("A", "G")}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(3):
@@ -274,7 +278,7 @@ def test_non_finite_statistics_are_skipped_with_one_warning():
     assert len([w for w in caught if "non-finite" in str(w.message)]) == 1
     assert opt.skipped_statistics == 3
     for key, value in factors.items():
-        torch.testing.assert_close(opt.state[model[0].weight][key], value)
+        torch.testing.assert_close(getattr(opt.preconditioner(model[0]), key), value)
     assert torch.isfinite(flatten_params(model)).all()
 
 
@@ -292,8 +296,8 @@ def test_runs_under_bfloat16_autocast_with_float32_statistics():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = [opt.step(closure) for _ in range(3)]
     assert all(torch.isfinite(loss) for loss in losses)
-    state = opt.state[model[0].weight]
-    assert state["A"].dtype == torch.float32 and state["G"].dtype == torch.float32
+    state = opt.preconditioner(model[0])
+    assert state.A.dtype == torch.float32 and state.G.dtype == torch.float32
     params = flatten_params(model)
     assert params.dtype == torch.float32 and torch.isfinite(params).all()
     assert not torch.equal(params, start)
@@ -371,12 +375,16 @@ def test_load_state_dict_keeps_float32_statistics_of_a_bfloat16_model():
     saved = copy.deepcopy(opt.state_dict())
     resumed = KFAC(model, lr=0.1, momentum=0.9, damping=0.1, inv_every=2)
     resumed.load_state_dict(saved)
-    for original, loaded in zip(opt.state.values(), resumed.state.values(), strict=True):
+    original_state, loaded_state = opt.state_dict()["state"], resumed.state_dict()["state"]
+    assert original_state.keys() == loaded_state.keys()
+    for index, original in original_state.items():
+        loaded = loaded_state[index]
+        assert "A" in original and "velocity" in original
         for key, value in original.items():
             if isinstance(value, torch.Tensor):
                 assert loaded[key].dtype == value.dtype, key
                 torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
-    assert opt.state[model[0].weight]["A"].dtype == torch.float32
+    assert opt.preconditioner(model[0]).A.dtype == torch.float32
 
 
 def test_statistics_are_taken_every_stat_every_steps():
@@ -404,6 +412,6 @@ def test_quadratic_model_examples_are_a_fraction_with_a_floor(fraction, floor, e
         model_fraction=fraction,
         model_min_examples=floor,
     )
-    (chosen,) = opt._model_inputs((inputs,))
+    (chosen,) = opt.quadratic_model.examples((inputs,))
     assert chosen.shape[0] == expected
     torch.testing.assert_close(chosen, inputs[:expected])

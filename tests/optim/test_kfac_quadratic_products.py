@@ -25,10 +25,10 @@ def test_vectorized_jvp_equals_one_jvp_per_tangent():
     inputs = (torch.randn(10, 4),)
     opt = KFAC(model, lr=0.1, likelihood="gaussian", adapt_step=True)
     vectors = _directions(model, 2, seed=1)
-    batched, outputs = opt._output_directions(vectors, inputs)
-    assert opt._batched_jvp
-    opt._batched_jvp = False
-    looped, looped_outputs = opt._output_directions(vectors, inputs)
+    batched, outputs = opt.quadratic_model.output_directions(vectors, inputs)
+    assert opt.quadratic_model.batched_jvp
+    opt.quadratic_model.batched_jvp = False
+    looped, looped_outputs = opt.quadratic_model.output_directions(vectors, inputs)
     torch.testing.assert_close(outputs, looped_outputs)
     for fast, slow in zip(batched, looped, strict=True):
         torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
@@ -83,7 +83,7 @@ def test_batchnorm_model_trains_and_its_running_statistics_see_only_the_closure(
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3))
     opt, losses = _train(model)
-    assert opt._batched_jvp
+    assert opt.quadratic_model.batched_jvp
     assert losses[-1] < losses[0]
     # the closure's forward counts once per step; the quadratic model's does not count
     assert int(model[1].num_batches_tracked) == len(losses)
@@ -93,5 +93,5 @@ def test_model_that_vmap_cannot_batch_falls_back_to_one_jvp_per_tangent():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), _Cube(), nn.Tanh(), nn.Linear(6, 3))
     opt, losses = _train(model)
-    assert not opt._batched_jvp
+    assert not opt.quadratic_model.batched_jvp
     assert losses[-1] < losses[0]

@@ -1,11 +1,23 @@
-"""Capture hooks: the root model input and, when asked, each tracked layer's input and output.
+"""Which layers K-FAC tracks, and capture hooks that record every call of them.
 
 K-FAC needs, per layer, the input ``a`` (for A) and the gradient with respect to the
-output ``s`` (for G). The hooks here only record tensors; turning them into factor
-rows is the job of the layer handlers, and choosing which backward produces the
-output gradients is the job of :mod:`natgrad.curvature.kronecker`. Capturing is off
-by default, so forwards that do not feed statistics (evaluation, the main forward
-when statistics come from a separate sub-batch) cost nothing extra.
+output ``s`` (for G). A *tracked layer* is one set of parameters (a weight and its
+bias) with every module that uses it: usually one module, several when modules share
+(tie) their parameters. The hooks record each call of each of those modules (a module
+called twice in one forward gives two calls), so the statistics can treat shared uses
+as Eschenhagen et al. (2023) do. Hooks only record tensors; turning them into factor
+rows is the job of the layer handlers, and choosing which backward produces the output
+gradients is the job of :mod:`natgrad.curvature.kronecker`. Capturing is off by
+default, so forwards that do not feed statistics cost nothing extra.
+
+Not tracked (their parameters go to an optimizer's first-order fallback), each with
+the reason in :attr:`TrackingPlan.untracked`:
+
+- modules without a registered handler (norm layers, embeddings, bare parameters);
+- projections inside ``nn.MultiheadAttention`` (it calls them through the functional
+  API, so module hooks never see their inputs);
+- modules whose weight is also used by a module of another kind (a Linear head tied to
+  an Embedding), or that share a weight but not its bias.
 """
 
 from __future__ import annotations
@@ -14,27 +26,65 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from natgrad.curvature.layers import LayerHandler, get_layer_handler
 
+SHARING_MODES = ("expand", "reduce")
+
+
+@dataclass
+class LayerCall:
+    """One call of a tracked module: its input (detached) and output (attached to the graph)."""
+
+    module: nn.Module
+    layer_input: Tensor
+    layer_output: Tensor
+
 
 @dataclass
 class TrackedLayer:
-    """A module that K-FAC preconditions, its qualified name, and its handler."""
+    """A weight (and bias) that K-FAC preconditions, the modules that use it, and their handler.
+
+    ``sharing`` says how several uses in one example (calls, sequence positions,
+    convolution locations) enter the factors: "expand" (extra rows) or "reduce"
+    (summed output gradients, averaged inputs).
+    """
 
     name: str
-    module: nn.Module
+    modules: list[nn.Module]
     handler: LayerHandler
-    layer_input: Tensor | None = None
-    layer_output: Tensor | None = None
+    sharing: str = "expand"
+    calls: list[LayerCall] = field(default_factory=list)
+
+    @property
+    def module(self) -> nn.Module:
+        """The first module using the parameters (they all hold the same weight and bias)."""
+        return self.modules[0]
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.module.weight
+
+    @property
+    def bias(self) -> nn.Parameter | None:
+        return self.module.bias
 
     @property
     def params(self) -> list[nn.Parameter]:
         """The weight, then the bias if there is one."""
-        bias = self.module.bias
-        return [self.module.weight] if bias is None else [self.module.weight, bias]
+        return [self.weight] if self.bias is None else [self.weight, self.bias]
+
+
+@dataclass
+class TrackingPlan:
+    """The tracked layers of a model and, for every other module holding trainable
+    parameters, why it is not tracked (qualified name -> "Type: reason")."""
+
+    layers: list[TrackedLayer]
+    untracked: dict[str, str]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -48,29 +98,108 @@ def _is_excluded(name: str, exclude: tuple[str, ...]) -> bool:
     return any(name == prefix or name.startswith(prefix + ".") for prefix in exclude)
 
 
-def find_tracked_layers(model: nn.Module, exclude: tuple[str, ...] = ()) -> list[TrackedLayer]:
-    """Every module with a registered handler whose weight trains, except ``exclude``d names."""
-    layers = []
-    for name, module in unwrap_model(model).named_modules():
+def _trainable_direct_params(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters(recurse=False) if p.requires_grad]
+
+
+def _attention_children(model: nn.Module) -> set[int]:
+    """Modules inside nn.MultiheadAttention, which calls them functionally (no hooks fire)."""
+    inside: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention):
+            inside.update(id(child) for child in module.modules() if child is not module)
+    return inside
+
+
+def _candidate_reason(name: str, module: nn.Module, exclude, attention) -> str | None:
+    """Why ``module`` (which has a handler) cannot be tracked, or None if it can."""
+    if _is_excluded(name, exclude):
+        return "excluded"
+    if id(module) in attention:
+        return "inside nn.MultiheadAttention (called functionally, hooks see no input)"
+    if not module.weight.requires_grad or (
+        module.bias is not None and not module.bias.requires_grad
+    ):
+        return "partly frozen"
+    return None
+
+
+def plan_tracking(
+    model: nn.Module, exclude: tuple[str, ...] = (), sharing: str = "expand"
+) -> TrackingPlan:
+    """Group the modules with a registered handler by their weight; report the rest.
+
+    Modules sharing one weight become one tracked layer if they have the same type and
+    the same bias (or none), and no other module holds either parameter.
+    """
+    root = unwrap_model(model)
+    attention = _attention_children(root)
+    groups: dict[int, list[tuple[str, nn.Module]]] = {}
+    untracked: dict[str, str] = {}
+    owners: dict[int, set[int]] = {}  # parameter -> modules holding it directly
+    for _, module in root.named_modules(remove_duplicate=False):
+        for p in _trainable_direct_params(module):
+            owners.setdefault(id(p), set()).add(id(module))
+    seen: set[int] = set()
+    for name, module in root.named_modules():
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
         handler = get_layer_handler(module)
-        if handler is None or _is_excluded(name, exclude):
+        if handler is None:
+            if _trainable_direct_params(module):
+                untracked[name or "(root)"] = f"{type(module).__name__}: no Kronecker factors"
             continue
-        if not module.weight.requires_grad:
+        reason = _candidate_reason(name, module, exclude, attention)
+        if reason is not None:
+            untracked[name] = f"{type(module).__name__}: {reason}"
             continue
-        if module.bias is not None and not module.bias.requires_grad:
+        groups.setdefault(id(module.weight), []).append((name, module))
+    layers = []
+    for members in groups.values():
+        reason = _sharing_problem(members, owners)
+        if reason is not None:
+            for name, module in members:
+                untracked[name] = f"{type(module).__name__}: {reason}"
             continue
-        layers.append(TrackedLayer(name, module, handler))
-    return layers
+        modules = [module for _, module in members]
+        layers.append(
+            TrackedLayer(
+                "+".join(name for name, _ in members),
+                modules,
+                get_layer_handler(modules[0]),
+                sharing,
+            )
+        )
+    return TrackingPlan(layers, untracked)
+
+
+def _sharing_problem(members: list[tuple[str, nn.Module]], owners: dict) -> str | None:
+    """Why modules sharing a weight cannot form one tracked layer (None if they can)."""
+    first = members[0][1]
+    if any(type(module) is not type(first) for _, module in members):
+        return "shares its weight with a module of another type"
+    if any(module.bias is not first.bias for _, module in members):
+        return "shares its weight but not its bias with " + ", ".join(n for n, _ in members)
+    member_ids = {id(module) for _, module in members}
+    params = [first.weight] if first.bias is None else [first.weight, first.bias]
+    if any(owners.get(id(p), set()) - member_ids for p in params):
+        return "its weight or bias is also held by a module that K-FAC does not track"
+    return None
+
+
+def find_tracked_layers(model: nn.Module, exclude: tuple[str, ...] = ()) -> list[TrackedLayer]:
+    """The tracked layers of :func:`plan_tracking`."""
+    return plan_tracking(model, exclude).layers
 
 
 @dataclass
 class CurvatureCapture:
-    """Forward hooks on the root model and the tracked layers.
+    """Forward hooks on the root model and on every module of the tracked layers.
 
     ``root_inputs`` always holds the positional arguments of the latest forward of the
-    root model (kept by reference: no copy). Inside :meth:`capturing`, each tracked
-    layer records its input (detached) and its output (attached to the graph, so that
-    gradients with respect to it can be taken with torch.autograd.grad).
+    root model (kept by reference: no copy). Inside :meth:`capturing`, each call of a
+    tracked module appends a :class:`LayerCall` to its layer.
     """
 
     model: nn.Module
@@ -83,22 +212,23 @@ class CurvatureCapture:
         root = unwrap_model(self.model)
         self._handles.append(root.register_forward_pre_hook(self._record_root))
         for layer in self.layers:
-            self._handles.append(layer.module.register_forward_hook(self._recorder(layer)))
+            for module in layer.modules:
+                self._handles.append(module.register_forward_hook(self._recorder(layer)))
 
     def _record_root(self, module: nn.Module, args: tuple) -> None:
         self.root_inputs = args
 
     def _recorder(self, layer: TrackedLayer):
         def record(module: nn.Module, args: tuple, output: Tensor) -> None:
-            if self.active:
-                layer.layer_input = args[0].detach()
-                layer.layer_output = output
+            if self.active and torch.is_grad_enabled():
+                layer.calls.append(LayerCall(module, args[0].detach(), output))
 
         return record
 
     @contextmanager
     def capturing(self) -> Iterator[None]:
-        """Record layer inputs and outputs for forwards run inside this block."""
+        """Record the calls of tracked modules in forwards run inside this block."""
+        self.clear()
         self.active = True
         try:
             yield
@@ -106,13 +236,38 @@ class CurvatureCapture:
             self.active = False
 
     def clear(self) -> None:
-        """Drop the recorded layer tensors (frees the graph they hold)."""
+        """Drop the recorded calls (frees the graph they hold)."""
         for layer in self.layers:
-            layer.layer_input = None
-            layer.layer_output = None
+            layer.calls = []
 
     def remove(self) -> None:
         """Remove every hook."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+@contextmanager
+def buffers_restored(model: nn.Module) -> Iterator[None]:
+    """Run extra forwards without a trace in the model's buffers (e.g. BatchNorm's running
+    statistics and num_batches_tracked): they are copied before and written back after."""
+    saved = [(buffer, buffer.clone()) for buffer in unwrap_model(model).buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, copy in saved:
+                buffer.copy_(copy)
+
+
+__all__ = [
+    "SHARING_MODES",
+    "LayerCall",
+    "TrackedLayer",
+    "TrackingPlan",
+    "CurvatureCapture",
+    "plan_tracking",
+    "find_tracked_layers",
+    "unwrap_model",
+    "buffers_restored",
+]

@@ -12,7 +12,9 @@ A = E[a_bar a_bar^T] and G = E[g g^T], g = d(-log p(y | x)) / d s per example
 - "empirical": the training labels (the closure's own loss).
 
 Gradients are taken of the *sum* of per-example NLLs, so each row is the per-example
-gradient g_n (not g_n / N as for a mean-reduced loss). All factors are float32.
+gradient g_n (not g_n / N as for a mean-reduced loss). Every call of a layer's modules
+in the forward contributes ("expand" or "reduce" over the shared positions, per
+layer). All factors are float32.
 """
 
 from __future__ import annotations
@@ -37,35 +39,41 @@ class KroneckerFactors:
     G: Tensor
 
 
+def _gradients_or_none(total: Tensor, layer_outputs: Sequence[Tensor], **kwargs) -> tuple:
+    """d total / d each layer output; None for an output that does not reach ``total``."""
+    return torch.autograd.grad(
+        total, list(layer_outputs), retain_graph=True, allow_unused=True, **kwargs
+    )
+
+
 def sampled_output_gradients(
     likelihood: Likelihood,
     outputs: Tensor,
     layer_outputs: Sequence[Tensor],
     generator: torch.Generator | None = None,
-) -> list[list[Tensor]]:
+) -> list[list[Tensor | None]]:
     """Per-example gradients of nll(outputs, y ~ p(y | outputs)) at each layer output ("mc")."""
     targets = likelihood.sample(outputs, generator=generator)
     total = likelihood.nll(outputs, targets).sum()
-    grads = torch.autograd.grad(total, list(layer_outputs), retain_graph=True)
-    return [[grad] for grad in grads]
+    return [[grad] for grad in _gradients_or_none(total, layer_outputs)]
 
 
 def exact_output_gradients(
     likelihood: Likelihood, outputs: Tensor, layer_outputs: Sequence[Tensor]
-) -> list[list[Tensor]]:
+) -> list[list[Tensor | None]]:
     """Backpropagate every column k of S (S S^T = H_out): one gradient per column and layer.
 
     sum_k g_k g_k^T = J^T S S^T J = J^T H_out J per example, the exact Fisher of the
     layer output (REFERENCES.md s.2).
     """
     sqrt_hessian = likelihood.output_hessian_sqrt(outputs.detach().float())  # (N, C, K)
-    per_layer: list[list[Tensor]] = [[] for _ in layer_outputs]
+    per_output: list[list[Tensor | None]] = [[] for _ in layer_outputs]
     for k in range(sqrt_hessian.shape[-1]):
         column = sqrt_hessian[..., k].reshape(outputs.shape).to(outputs.dtype)
-        grads = torch.autograd.grad(outputs, list(layer_outputs), column, retain_graph=True)
-        for bucket, grad in zip(per_layer, grads, strict=True):
+        grads = _gradients_or_none(outputs, layer_outputs, grad_outputs=column)
+        for bucket, grad in zip(per_output, grads, strict=True):
             bucket.append(grad)
-    return per_layer
+    return per_output
 
 
 def output_gradients(
@@ -74,8 +82,14 @@ def output_gradients(
     outputs: Tensor,
     layer_outputs: Sequence[Tensor],
     generator: torch.Generator | None = None,
-) -> list[list[Tensor]]:
-    """Gradients at the layer outputs that define G for ``fisher`` "mc" or "exact"."""
+) -> list[list[Tensor | None]]:
+    """Gradients at the layer outputs that define G for ``fisher`` "mc" or "exact".
+
+    One list per layer output (one entry per backpropagated column); None where that
+    output does not reach the model's outputs.
+    """
+    if not layer_outputs:
+        return []
     if fisher == "mc":
         return sampled_output_gradients(likelihood, outputs, layer_outputs, generator)
     if fisher == "exact":
@@ -84,21 +98,66 @@ def output_gradients(
 
 
 def layer_batch_factors(
-    layer: TrackedLayer, layer_input: Tensor, output_grads: Sequence[Tensor], num_examples: int
-) -> KroneckerFactors:
-    """A = a_bar^T a_bar / R and G = sum_grads g^T g / N for one layer (float32).
+    layer: TrackedLayer,
+    call_grads: Sequence[Sequence[Tensor | None]],
+    num_examples: int,
+    count: int | None = None,
+) -> KroneckerFactors | None:
+    """A and G of one layer from its recorded calls (float32); None if no call reached the loss.
 
-    R is the number of activation rows (N for Linear, N * |T| for Conv2d), N the number
-    of examples; this is the KFC scaling for convolutions (REFERENCES.md s.4).
+    ``call_grads[c]`` holds the gradients at the output of call c (one per
+    backpropagated column); ``count`` keeps only the first examples of every call.
+    With R positions per example summed over calls (sequence positions, convolution
+    locations, repeated calls), Eschenhagen et al. (2023):
+
+    - "expand": A = sum_{n,r} a_bar a_bar^T / (N R), G = sum_{n,r} g g^T / N;
+      for convolutions this is the KFC scaling (REFERENCES.md s.4);
+    - "reduce": a~_n = mean_r a_bar_{n,r}, g~_n = sum_r g_{n,r};
+      A = sum_n a~ a~^T / N, G = sum_n g~ g~^T / N.
     """
-    module, handler = layer.module, layer.handler
-    a_rows = handler.activation_rows(module, layer_input.float())
-    A = a_rows.T @ a_rows
-    A.div_(a_rows.shape[0])
-    g_rows = torch.cat([handler.output_grad_rows(module, g.float()) for g in output_grads])
-    G = g_rows.T @ g_rows
-    G.div_(num_examples)
-    return KroneckerFactors(A, G)
+    used = [
+        (call, grads)
+        for call, grads in zip(layer.calls, call_grads, strict=True)
+        if any(g is not None for g in grads)
+    ]
+    if not used:
+        return None
+    handler = layer.handler
+    activations, gradients = [], []
+    for call, grads in used:
+        layer_input = call.layer_input if count is None else call.layer_input[:count]
+        activations.append(handler.activation_positions(call.module, layer_input.float()))
+        columns = [torch.zeros_like(call.layer_output) if g is None else g for g in grads]
+        if count is not None:
+            columns = [g[:count] for g in columns]
+        gradients.append([handler.output_grad_positions(call.module, g.float()) for g in columns])
+    if layer.sharing == "reduce":
+        return _reduced_factors(layer.name, activations, gradients, num_examples)
+    return _expanded_factors(activations, gradients, num_examples)
+
+
+def _gram(rows: Tensor, divisor: int) -> Tensor:
+    gram = rows.T @ rows
+    return gram.div_(divisor)
+
+
+def _expanded_factors(activations: list, gradients: list, num_examples: int) -> KroneckerFactors:
+    a_rows = torch.cat([a.reshape(-1, a.shape[-1]) for a in activations])
+    g_rows = torch.cat([g.reshape(-1, g.shape[-1]) for columns in gradients for g in columns])
+    return KroneckerFactors(_gram(a_rows, a_rows.shape[0]), _gram(g_rows, num_examples))
+
+
+def _reduced_factors(
+    name: str, activations: list, gradients: list, num_examples: int
+) -> KroneckerFactors:
+    if any(a.shape[0] != num_examples for a in activations):
+        raise ValueError(
+            f"sharing='reduce' for layer {name} needs inputs with the batch as their first "
+            f"dimension ({num_examples} examples); use sharing='expand' for this layer"
+        )
+    a_mean = torch.cat(activations, dim=1).mean(dim=1)
+    g_sums = [torch.cat(column, dim=1).sum(dim=1) for column in zip(*gradients, strict=True)]
+    return KroneckerFactors(_gram(a_mean, num_examples), _gram(torch.cat(g_sums), num_examples))
 
 
 def all_finite(factors: Sequence[KroneckerFactors]) -> Tensor:

@@ -1,8 +1,10 @@
 """Per-layer-type Kronecker-factor code: one registry, one module per layer type.
 
-A handler says, for one layer type, how the captured layer input becomes rows
-``a_bar`` of the activation factor, how the gradient with respect to the layer output
-becomes rows ``g`` of the gradient factor, and how the layer's parameter gradients map
+A handler says, for one layer type, how the captured layer input becomes
+per-position vectors ``a_bar`` of the activation factor (shape (N, R, in[+1]): N
+examples, R positions that share the weight, e.g. sequence positions or convolution
+locations), how the gradient with respect to the layer output becomes per-position
+vectors ``g`` of the gradient factor (N, R, out), and how the layer's parameter gradients map
 to the matrix ``V`` (out x in[+1], bias as the last column, REFERENCES.md s.3) and
 back. Supporting a new layer type means adding one module here that calls
 :func:`register_layer_handler`.
@@ -15,24 +17,36 @@ from torch import Tensor, nn
 
 
 class LayerHandler:
-    """How one layer type feeds K-FAC; subclasses implement the four conversions.
+    """How one layer type feeds K-FAC; subclasses implement the two position conversions.
 
-    The factors built from the rows are A = a_bar^T a_bar / R (R rows) and
-    G = g^T g / N (N examples), so that A ⊗ G is the Fisher block of the layer under
-    the K-FAC (and, for shared weights, KFC) assumptions.
+    :mod:`natgrad.curvature.kronecker` turns the positions into factors ("expand":
+    A = sum a_bar a_bar^T / (N R), G = sum g g^T / N over all examples and positions;
+    "reduce": the same over per-example position means of a_bar and sums of g), so that
+    A ⊗ G is the Fisher block of the layer under the K-FAC (and, for shared weights,
+    KFC / Eschenhagen et al. 2023) assumptions.
     """
 
     def supports(self, module: nn.Module) -> bool:
         """Whether this particular module instance can be handled (e.g. groups == 1)."""
         return True
 
-    def activation_rows(self, module: nn.Module, layer_input: Tensor) -> Tensor:
-        """Rows a_bar of shape (R, in[+1]) from the layer input (bias adds a column of ones)."""
+    def activation_positions(self, module: nn.Module, layer_input: Tensor) -> Tensor:
+        """a_bar of shape (N, R, in[+1]) from the layer input (a bias appends a one)."""
         raise NotImplementedError
 
-    def output_grad_rows(self, module: nn.Module, output_grad: Tensor) -> Tensor:
-        """Rows g of shape (R, out) from the gradient with respect to the layer output."""
+    def output_grad_positions(self, module: nn.Module, output_grad: Tensor) -> Tensor:
+        """g of shape (N, R, out) from the gradient with respect to the layer output."""
         raise NotImplementedError
+
+    def activation_rows(self, module: nn.Module, layer_input: Tensor) -> Tensor:
+        """All positions of all examples as rows (N * R, in[+1])."""
+        positions = self.activation_positions(module, layer_input)
+        return positions.reshape(-1, positions.shape[-1])
+
+    def output_grad_rows(self, module: nn.Module, output_grad: Tensor) -> Tensor:
+        """All positions of all examples as rows (N * R, out)."""
+        positions = self.output_grad_positions(module, output_grad)
+        return positions.reshape(-1, positions.shape[-1])
 
     def gradient_matrix(
         self, module: nn.Module, weight_grad: Tensor, bias_grad: Tensor | None
@@ -57,8 +71,8 @@ def append_bias_column(matrix: Tensor, bias: Tensor) -> Tensor:
 
 
 def append_ones_column(rows: Tensor) -> Tensor:
-    """The homogeneous coordinate: ``rows`` (R, in) -> (R, in + 1) with a last column of ones."""
-    return torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+    """The homogeneous coordinate: ``rows`` (..., in) -> (..., in + 1) with a last entry of one."""
+    return torch.cat([rows, rows.new_ones(*rows.shape[:-1], 1)], dim=-1)
 
 
 LAYER_HANDLERS: dict[type[nn.Module], LayerHandler] = {}

@@ -21,7 +21,7 @@ class Conv2dHandler(LayerHandler):
     def supports(self, module: nn.Module) -> bool:
         return module.groups == 1 and isinstance(module.padding, tuple)
 
-    def activation_rows(self, module: nn.Module, layer_input: Tensor) -> Tensor:
+    def activation_positions(self, module: nn.Module, layer_input: Tensor) -> Tensor:
         if module.padding_mode != "zeros":
             layer_input = F.pad(
                 layer_input, module._reversed_padding_repeated_twice, mode=module.padding_mode
@@ -36,12 +36,12 @@ class Conv2dHandler(LayerHandler):
             padding=padding,
             stride=module.stride,
         )  # (N, C_in * kh * kw, L)
-        rows = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-        return append_ones_column(rows) if module.bias is not None else rows
+        positions = patches.transpose(1, 2)  # (N, L, C_in * kh * kw)
+        return append_ones_column(positions) if module.bias is not None else positions
 
-    def output_grad_rows(self, module: nn.Module, output_grad: Tensor) -> Tensor:
-        # (N, C_out, H, W) -> (N * H * W, C_out), rows ordered like the patches
-        return output_grad.flatten(2).transpose(1, 2).reshape(-1, output_grad.shape[1])
+    def output_grad_positions(self, module: nn.Module, output_grad: Tensor) -> Tensor:
+        # (N, C_out, H, W) -> (N, H * W, C_out), locations ordered like the patches
+        return output_grad.flatten(2).transpose(1, 2)
 
 
 register_layer_handler(nn.Conv2d, Conv2dHandler())

@@ -1,7 +1,8 @@
-"""nn.Linear: one row per example (leading dimensions flattened into rows).
+"""nn.Linear: one position per example, or one per entry of the extra input dimensions.
 
-s = W a_bar with a_bar = [a; 1] when the layer has a bias (Martens & Grosse 2015);
-inputs with extra leading dimensions (e.g. sequences) contribute one row per position.
+s = W a_bar with a_bar = [a; 1] when the layer has a bias (Martens & Grosse 2015).
+An input of shape (N, ..., D) (e.g. a sequence (N, T, D)) shares the weight over the
+positions of its middle dimensions; the batch dimension must come first.
 """
 
 from __future__ import annotations
@@ -11,15 +12,22 @@ from torch import Tensor, nn
 from natgrad.curvature.layers import LayerHandler, append_ones_column, register_layer_handler
 
 
+def _as_positions(tensor: Tensor) -> Tensor:
+    """(N, ..., D) -> (N, R, D); an unbatched (D,) input is one example with one position."""
+    if tensor.dim() == 1:
+        return tensor.reshape(1, 1, -1)
+    return tensor.reshape(tensor.shape[0], -1, tensor.shape[-1])
+
+
 class LinearHandler(LayerHandler):
-    """Rows for nn.Linear: a_bar = [input; 1], g = d nll / d output."""
+    """Positions for nn.Linear: a_bar = [input; 1], g = d nll / d output."""
 
-    def activation_rows(self, module: nn.Module, layer_input: Tensor) -> Tensor:
-        rows = layer_input.reshape(-1, layer_input.shape[-1])
-        return append_ones_column(rows) if module.bias is not None else rows
+    def activation_positions(self, module: nn.Module, layer_input: Tensor) -> Tensor:
+        positions = _as_positions(layer_input)
+        return append_ones_column(positions) if module.bias is not None else positions
 
-    def output_grad_rows(self, module: nn.Module, output_grad: Tensor) -> Tensor:
-        return output_grad.reshape(-1, output_grad.shape[-1])
+    def output_grad_positions(self, module: nn.Module, output_grad: Tensor) -> Tensor:
+        return _as_positions(output_grad)
 
 
 register_layer_handler(nn.Linear, LinearHandler())

@@ -1,0 +1,174 @@
+"""K-FAC's step rules as small parts: fixed step with KL clipping, quadratic-model step,
+Levenberg-Marquardt damping (Martens & Grosse 2015, s.6-7; Ba et al. 2017, s.5).
+
+Each works on per-layer matrices (lists with None for layers without an update) and
+keeps no parameters of its own: the K-FAC front holds the per-layer state (velocities,
+previous updates) in the optimizer state so that checkpoints carry it. The scalar
+equations are in :mod:`natgrad.optim.step_rules`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from natgrad.optim.quadratic_model import LayerMatrices, QuadraticModel, layer_dot
+from natgrad.optim.step_rules import (
+    LM_INTERVAL,
+    kl_clip_scale,
+    levenberg_marquardt_damping,
+    levenberg_marquardt_omega,
+    quadratic_model_coefficients,
+    quadratic_model_value,
+    reduction_ratio,
+)
+
+Flatten = Callable[[LayerMatrices], list[Tensor]]
+
+
+@dataclass(frozen=True)
+class DampingConfig:
+    """Levenberg-Marquardt damping adaptation: every ``interval`` steps, clipped to bounds."""
+
+    interval: int = LM_INTERVAL
+    min_damping: float = 1e-8
+    max_damping: float = 1e8
+
+    def __post_init__(self) -> None:
+        if self.interval < 1:
+            raise ValueError(f"DampingConfig.interval must be >= 1, got {self.interval}")
+        if not 0.0 <= self.min_damping <= self.max_damping:
+            raise ValueError(
+                "DampingConfig needs 0 <= min_damping <= max_damping, got "
+                f"{self.min_damping} and {self.max_damping}"
+            )
+
+
+@dataclass
+class StepInputs:
+    """What every rule sees: V + eta theta and U per layer, the batch, the param group."""
+
+    grads: LayerMatrices
+    proposals: LayerMatrices
+    batch_inputs: tuple
+    group: dict
+
+
+@dataclass
+class FixedStepRule:
+    """d = -lr v with v <- momentum v + nu U (nu = KL-clip scale, 1 without clipping)."""
+
+    kl_clip: float | None = None
+
+    def updates(
+        self, inputs: StepInputs, velocities: list[Tensor | None]
+    ) -> tuple[LayerMatrices, list[Tensor | None]]:
+        lr, momentum = inputs.group["lr"], inputs.group["momentum"]
+        proposals = inputs.proposals
+        if self.kl_clip is not None:
+            scale = kl_clip_scale(layer_dot(inputs.grads, proposals), lr, self.kl_clip)
+            proposals = [None if U is None else U * scale for U in proposals]
+        updates: LayerMatrices = []
+        new_velocities: list[Tensor | None] = []
+        for U, velocity in zip(proposals, velocities, strict=True):
+            if U is None:
+                updates.append(None)
+                new_velocities.append(velocity)
+                continue
+            velocity = U.clone() if velocity is None else velocity.mul_(momentum).add_(U)
+            updates.append(velocity * -lr)
+            new_velocities.append(velocity)
+        return updates, new_velocities
+
+
+@dataclass
+class QuadraticModelStepRule:
+    """d = alpha Delta + mu delta0 minimizing M(d) (REFERENCES.md s.3); also M(d) - M(0)."""
+
+    model: QuadraticModel
+
+    def updates(
+        self, inputs: StepInputs, previous: LayerMatrices, flatten: Flatten
+    ) -> tuple[LayerMatrices, Tensor]:
+        deltas = [None if U is None else -U for U in inputs.proposals]
+        has_previous = any(p is not None for p in previous)
+        if has_previous:
+            previous = [
+                p if p is not None or d is None else torch.zeros_like(d)
+                for p, d in zip(previous, deltas, strict=True)
+            ]
+        directions = [deltas, previous] if has_previous else [deltas]
+        fisher_gram, inner_gram, grad_dots = self.model.gram(
+            directions, [flatten(u) for u in directions], inputs.batch_inputs, inputs.grads
+        )
+        if not has_previous:
+            fisher_gram = torch.block_diag(fisher_gram, torch.ones_like(fisher_gram))
+            inner_gram = torch.block_diag(inner_gram, torch.ones_like(inner_gram))
+            grad_dots = torch.cat([grad_dots, torch.zeros_like(grad_dots)])
+        group = inputs.group
+        total_damping = group["damping"] + group["weight_decay"]
+        alpha, mu = quadratic_model_coefficients(
+            fisher_gram, inner_gram, grad_dots, total_damping, has_previous
+        )
+        updates: LayerMatrices = []
+        for delta, prev in zip(deltas, previous, strict=True):
+            if delta is None:
+                updates.append(None)
+            else:
+                updates.append(alpha * delta if not has_previous else alpha * delta + mu * prev)
+        model_gram = fisher_gram + group["weight_decay"] * inner_gram
+        return updates, quadratic_model_value(torch.stack([alpha, mu]), model_gram, grad_dots)
+
+    def predicted_change(
+        self, inputs: StepInputs, updates: LayerMatrices, flatten: Flatten
+    ) -> Tensor:
+        """M(d) - M(0) = 1/2 d^T (F + eta I) d + grad^T d for the update d taken (no lambda)."""
+        fisher_gram, inner_gram, grad_dots = self.model.gram(
+            [updates], [flatten(updates)], inputs.batch_inputs, inputs.grads
+        )
+        model_gram = fisher_gram + inputs.group["weight_decay"] * inner_gram
+        return quadratic_model_value(torch.ones(1, device=grad_dots.device), model_gram, grad_dots)
+
+
+def penalty_change(params: LayerMatrices, updates: LayerMatrices, group: dict) -> Tensor:
+    """eta/2 ||theta + d||^2 - eta/2 ||theta||^2 = eta (<theta, d> + 1/2 ||d||^2) over the
+    parameters the updates move: the weight-decay part of h(theta + d) - h(theta)."""
+    eta = group["weight_decay"]
+    if eta == 0.0:
+        return torch.zeros(())
+    return eta * (layer_dot(params, updates) + 0.5 * layer_dot(updates, updates))
+
+
+@dataclass
+class LevenbergMarquardtRule:
+    """lambda <- omega lambda (rho > 3/4) or lambda / omega (rho < 1/4), omega = (19/20)^T1."""
+
+    config: DampingConfig
+
+    def adapt(
+        self, damping: float, actual_change: Tensor, predicted: Tensor
+    ) -> tuple[float, float]:
+        """(new damping, rho) for rho = actual_change / predicted (one host sync)."""
+        rho = float(reduction_ratio(actual_change, torch.zeros_like(actual_change), predicted))
+        config = self.config
+        new_damping = levenberg_marquardt_damping(
+            damping,
+            rho,
+            levenberg_marquardt_omega(config.interval),
+            config.min_damping,
+            config.max_damping,
+        )
+        return new_damping, rho
+
+
+__all__ = [
+    "DampingConfig",
+    "StepInputs",
+    "FixedStepRule",
+    "QuadraticModelStepRule",
+    "LevenbergMarquardtRule",
+    "penalty_change",
+]
