@@ -61,9 +61,10 @@ def test_one_step_on_linear_least_squares_lands_on_the_solution():
     torch.testing.assert_close(model.bias.detach().double(), solution[4], rtol=1e-4, atol=1e-4)
 
 
-def test_levenberg_marquardt_rule_matches_dense_reduction_ratio():
+@pytest.mark.parametrize("weight_decay", [0.01, 0.3])
+def test_levenberg_marquardt_rule_matches_dense_reduction_ratio(weight_decay):
     model, inputs, targets = _regression(1)
-    damping, weight_decay = 0.5, 0.01
+    damping = 0.5
     opt = KFAC(
         model,
         lr=0.7,

@@ -136,11 +136,14 @@ class StatisticsCollector:
 
     def _from_sub_batch(self, sub_inputs: tuple) -> LayerFactors:
         """A separate forward on the first examples (buffers untouched), then sampled/exact g."""
-        with buffers_restored(self.model), self.capture.capturing():
-            sub_outputs = unwrap_model(self.model)(*sub_inputs)
-        call_grads = output_gradients(
-            self.fisher, self.likelihood, sub_outputs, self._call_outputs(), self.generator
-        )
+        # the gradients are taken before the buffers are written back (batch norm's
+        # backward checks that its saved running statistics were not modified)
+        with buffers_restored(self.model):
+            with self.capture.capturing():
+                sub_outputs = unwrap_model(self.model)(*sub_inputs)
+            call_grads = output_gradients(
+                self.fisher, self.likelihood, sub_outputs, self._call_outputs(), self.generator
+            )
         return self._factors(call_grads, sub_outputs.shape[0], None)
 
 
