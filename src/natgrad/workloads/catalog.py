@@ -7,7 +7,7 @@ from functools import partial
 from torch import nn
 
 from natgrad.data import load_splits
-from natgrad.workloads.models import deep_autoencoder, mlp, simple_cnn
+from natgrad.workloads.models import deep_autoencoder, mlp, simple_cnn, vision_transformer
 from natgrad.workloads.registry import Split, Workload, WorkloadData, register_workload
 
 
@@ -59,6 +59,21 @@ register_workload(
         steps=2000,
         target={"val_error": 0.13},
         eval_every=250,
+    )
+)
+register_workload(
+    Workload(
+        name="fmnist_vit",
+        description="Vision transformer (7x7 patches as 16 tokens, width 64, 2 pre-norm blocks "
+        "of 4-head attention, mean-pooled head) on Fashion-MNIST",
+        build_model=vision_transformer,
+        load_data=partial(classification_data, "fashion-mnist"),
+        likelihood_name="categorical",
+        classification=True,
+        batch_size=128,
+        steps=2000,
+        target={"val_error": 0.16},
+        eval_every=100,
     )
 )
 register_workload(
