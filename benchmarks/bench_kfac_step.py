@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-import natgrad.optim.kfac as kfac_module
+import natgrad.curvature.statistics as statistics_module
 from natgrad.curvature.likelihoods import get_likelihood
 from natgrad.optim.first_order import Momentum
 from natgrad.optim.kfac import KFAC
@@ -155,34 +155,34 @@ class PhaseClock:
 
 @contextmanager
 def instrumented(optimizer: KFAC, clock: PhaseClock):
-    """Time the phases of ``optimizer``'s step by wrapping its functions (restored after)."""
+    """Time the phases of ``optimizer``'s step by wrapping its parts' functions (restored after)."""
     module_functions = {
         "output_gradients": "extra backward (sampled targets)",
         "layer_batch_factors": "statistics (A, G products)",
     }
-    saved = {name: getattr(kfac_module, name) for name in module_functions}
+    saved = {name: getattr(statistics_module, name) for name in module_functions}
     for name, phase in module_functions.items():
-        setattr(kfac_module, name, clock.wrap(saved[name], phase))
-    methods = {
-        "_statistics_from_subbatch": "statistics sub-batch forward",
-        "update_statistics": "statistics (moving average)",
-        "update_inverses": "inversion (amortized)",
-        "gradient_matrices": "preconditioning",
-        "precondition": "preconditioning",
-        "_step_rule": "update (step rule, apply)",
-        "apply_updates": "update (step rule, apply)",
-        "_gram": "quadratic model (J u products, dots)",
-        "_adapt_damping": "damping rule (forward at the new point)",
-    }
-    for name, phase in methods.items():
-        setattr(optimizer, name, clock.wrap(getattr(optimizer, name), phase))
+        setattr(statistics_module, name, clock.wrap(saved[name], phase))
+    methods = [
+        (optimizer.statistics, "_from_sub_batch", "statistics sub-batch forward"),
+        (optimizer, "update_statistics", "statistics (moving average)"),
+        (optimizer, "update_inverses", "inversion (amortized)"),
+        (optimizer, "gradient_matrices", "preconditioning"),
+        (optimizer, "precondition", "preconditioning"),
+        (optimizer, "_step_rule", "update (step rule, apply)"),
+        (optimizer, "apply_updates", "update (step rule, apply)"),
+        (optimizer.quadratic_model, "gram", "quadratic model (J u products, dots)"),
+        (optimizer, "_adapt_damping", "damping rule (forward at the new point)"),
+    ]
+    for owner, name, phase in methods:
+        setattr(owner, name, clock.wrap(getattr(owner, name), phase))
     try:
         yield
     finally:
         for name in module_functions:
-            setattr(kfac_module, name, saved[name])
-        for name in methods:
-            delattr(optimizer, name)
+            setattr(statistics_module, name, saved[name])
+        for owner, name, _ in methods:
+            delattr(owner, name)
 
 
 def breakdown(inputs: Tensor, name: str, args: argparse.Namespace) -> dict[str, float]:

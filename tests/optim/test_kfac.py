@@ -242,14 +242,14 @@ def test_unsupported_layer_trains_with_the_fallback_and_warns_once():
 
         losses = [float(opt.step(closure)) for _ in range(15)]
     messages = [str(w.message) for w in caught]
-    assert len(messages) == 1 and "1" in messages[0] and "fallback" in messages[0]
+    assert len(messages) == 1 and "1 (LayerNorm)" in messages[0] and "fallback" in messages[0]
     assert not torch.equal(model[1].weight.detach(), norm_before)
     assert losses[-1] < 0.8 * losses[0]
 
 
 def test_excluded_linear_goes_to_the_fallback():
     model, inputs, targets = _regression(6)
-    with pytest.warns(UserWarning, match="0"):
+    with pytest.warns(UserWarning, match=r"for 0 \(Linear: excluded\)"):
         opt = KFAC(model, lr=0.1, likelihood="gaussian", exclude=("0",))
     assert [layer.name for layer in opt.layers] == ["2"]
     before = model[0].weight.detach().clone()
@@ -347,8 +347,28 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
         KFAC(model, **arguments)
 
 
-def test_boundary_values_are_valid():
-    KFAC(nn.Linear(2, 2), lr=0.0, momentum=0.0, damping=0.0, stat_decay=0.0, stat_fraction=1.0)
+def test_boundary_values_are_valid_and_step():
+    """lr 0, momentum 0, damping 0, stat_decay 0: a step takes statistics, decomposes the
+    undamped factors, and leaves the parameters where they were."""
+    model, inputs, targets = _regression(4)
+    before = flatten_params(model)
+    opt = KFAC(
+        model,
+        lr=0.0,
+        momentum=0.0,
+        damping=0.0,
+        stat_decay=0.0,
+        stat_fraction=1.0,
+        likelihood="gaussian",
+        fisher="exact",
+    )
+    opt.step(_closure(opt, model, inputs, targets))
+    torch.testing.assert_close(flatten_params(model), before, rtol=0, atol=0)
+    assert opt.stat_updates == 1
+    for layer in (model[0], model[2]):
+        preconditioner = opt.preconditioner(layer)
+        assert preconditioner.ready
+        assert all(torch.isfinite(t).all() for t in preconditioner.decomposition.values())
 
 
 def test_registry_builds_kfac_with_the_workload_likelihood_and_weight_decay():

@@ -323,7 +323,7 @@ def test_multihead_attention_projections_fall_back_and_the_warning_names_them():
     with pytest.warns(UserWarning) as caught:
         opt = KFAC(model, lr=0.05, damping=0.1, likelihood="gaussian", inv_every=2)
     message = str(caught[0].message)
-    assert "1.self_attn (MultiheadAttention: no Kronecker factors)" in message
+    assert "1.self_attn (MultiheadAttention)" in message
     assert (
         "1.self_attn.out_proj (NonDynamicallyQuantizableLinear: inside nn.MultiheadAttention"
         in message
@@ -348,7 +348,7 @@ def test_batchnorm_and_bare_parameter_without_tracked_layers_train_with_the_fall
 
     torch.manual_seed(11)
     model = NoTracked()
-    with pytest.warns(UserWarning, match=r"\(root\) \(NoTracked: no Kronecker factors\)"):
+    with pytest.warns(UserWarning, match=r"\(root\) \(NoTracked\)"):
         opt = KFAC(model, lr=0.1, likelihood="gaussian", adapt_damping=True)
     inputs, targets = torch.randn(16, 4), torch.randn(16, 4)
     losses = [float(opt.step(_gaussian_closure(model, inputs, targets))) for _ in range(10)]

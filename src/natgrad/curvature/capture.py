@@ -81,7 +81,8 @@ class TrackedLayer:
 @dataclass
 class TrackingPlan:
     """The tracked layers of a model and, for every other module holding trainable
-    parameters, why it is not tracked (qualified name -> "Type: reason")."""
+    parameters, its type and why it is not tracked (qualified name -> "Type" when it has
+    no registered handler, "Type: reason" otherwise)."""
 
     layers: list[TrackedLayer]
     untracked: dict[str, str]
@@ -148,7 +149,7 @@ def plan_tracking(
         handler = get_layer_handler(module)
         if handler is None:
             if _trainable_direct_params(module):
-                untracked[name or "(root)"] = f"{type(module).__name__}: no Kronecker factors"
+                untracked[name or "(root)"] = type(module).__name__
             continue
         reason = _candidate_reason(name, module, exclude, attention)
         if reason is not None:
