@@ -43,6 +43,7 @@ from natgrad.curvature.capture import (
 from natgrad.curvature.kronecker import all_finite, ema_decay
 from natgrad.curvature.likelihoods import get_likelihood
 from natgrad.curvature.statistics import LayerFactors, StatisticsCollector, no_autocast
+from natgrad.optim.closure import closure_result
 from natgrad.optim.kfac_config import PLAIN_DEFAULTS, check_options, preset_options
 from natgrad.optim.kfac_rules import (
     DampingConfig,
@@ -216,13 +217,13 @@ class KFAC(torch.optim.Optimizer):
         if closure is None:
             raise ValueError("KFAC.step needs a closure returning (loss, outputs)")
         group = self.param_groups[0]
-        self.steps += 1
         for p in group["params"]:
             p.grad = None
-        stats_due = bool(self.layers) and (self.steps - 1) % self.stat_every == 0
+        stats_due = bool(self.layers) and self.steps % self.stat_every == 0
         loss, _, batch_inputs, batch_factors = self.statistics.forward_backward(
-            lambda: _closure_result(closure), stats_due
+            lambda: closure_result(closure, "KFAC"), stats_due
         )
+        self.steps += 1  # counted once the closure kept its contract
         with torch.no_grad(), no_autocast(loss):
             if batch_factors is not None:
                 self.update_statistics(batch_factors)
@@ -263,7 +264,7 @@ class KFAC(torch.optim.Optimizer):
     ) -> None:
         """Levenberg-Marquardt on rho = (h(theta + d) - h(theta)) / (M(d) - M(0)); one host sync."""
         with torch.no_grad(), buffers_restored(self.model):
-            new_loss, _ = _closure_result(closure)
+            new_loss, _ = closure_result(closure, "KFAC", needs_grad=False)
         actual = new_loss.detach().float() - loss.detach().float() + penalty
         group["damping"], self.last_rho = self.damping_rule.adapt(
             group["damping"], actual, predicted
@@ -449,11 +450,6 @@ class KFAC(torch.optim.Optimizer):
             for key, value in entries.items():
                 if isinstance(value, Tensor) and value.is_floating_point():
                     self.state[param][key] = value.to(device=param.device)
-
-
-def _closure_result(closure: Closure) -> tuple[Tensor, Tensor]:
-    loss, outputs = closure()
-    return loss, outputs
 
 
 def _assign_sharing(layers: list[TrackedLayer], sharing) -> None:
