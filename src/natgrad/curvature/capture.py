@@ -112,6 +112,15 @@ def _attention_children(model: nn.Module) -> set[int]:
     return inside
 
 
+def _without_handler(module: nn.Module) -> str:
+    """ "Type" for a module no handler covers; attention also names its own weights."""
+    kind = type(module).__name__
+    if isinstance(module, nn.MultiheadAttention):
+        names = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        return f"{kind}: {', '.join(names)} used functionally"
+    return kind
+
+
 def _candidate_reason(name: str, module: nn.Module, exclude, attention) -> str | None:
     """Why ``module`` (which has a handler) cannot be tracked, or None if it can."""
     if _is_excluded(name, exclude):
@@ -149,7 +158,7 @@ def plan_tracking(
         handler = get_layer_handler(module)
         if handler is None:
             if _trainable_direct_params(module):
-                untracked[name or "(root)"] = type(module).__name__
+                untracked[name or "(root)"] = _without_handler(module)
             continue
         reason = _candidate_reason(name, module, exclude, attention)
         if reason is not None:
