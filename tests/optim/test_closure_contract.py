@@ -42,7 +42,7 @@ def test_bad_closure_result_states_the_contract(owner, kind):
 
     with pytest.raises(TypeError, match=r"return \(loss, outputs\) with outputs = model\(x\)"):
         optimizer.step(closure)
-    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
 
 
 def test_wrong_order_is_named():
@@ -83,7 +83,7 @@ def test_a_good_step_after_a_bad_closure_matches_a_fresh_optimizer(owner):
         model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
         optimizer = _optimizers(model)[owner]
 
-        def closure():
+        def closure(model=model):
             outputs = model(x)
             return nn.functional.cross_entropy(outputs, y), outputs
 
@@ -93,4 +93,4 @@ def test_a_good_step_after_a_bad_closure_matches_a_fresh_optimizer(owner):
         torch.manual_seed(2)
         optimizer.step(closure)
         results.append([p.detach().clone() for p in model.parameters()])
-    assert all(torch.equal(a, b) for a, b in zip(*results))
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
