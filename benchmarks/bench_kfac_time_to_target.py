@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from natgrad.experiments.kfac_vs_sgd import SMOOTHING, Curve, CurveRun, run_interleaved
+from natgrad.train.harness import SMOOTHING, Curve, CurveRun, run_interleaved
 
 WORKLOAD = "fmnist_autoencoder"
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from natgrad.experiments.kfac_vs_sgd import CurveRun
+from natgrad.train.harness import CurveRun
 from natgrad.train.runner import evaluate
 
 WORKLOAD = "fmnist_vit"
