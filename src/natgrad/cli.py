@@ -190,6 +190,7 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+from natgrad.bench.commands import add_bench_parser  # noqa: E402
 from natgrad.report.commands import add_report_parser  # noqa: E402
 from natgrad.tune.commands import add_compare_parser, add_tune_parser  # noqa: E402
 
@@ -202,6 +203,7 @@ PARSER_BUILDERS: list[Callable] = [
     add_optimizers_parser,
     add_data_parser,
     add_experiment_parser,
+    add_bench_parser,
     add_demo_parser,
 ]
 
