@@ -43,7 +43,8 @@ def main() -> None:
     for label, run in runs.items():
         curve = run.curve
         smoothed = curve.smoothed()
-        steps = [b - a for a, b in zip([0.0, *curve.wall_times[:-1]], curve.wall_times, strict=True)]
+        times = curve.wall_times
+        steps = [b - a for a, b in zip([0.0, *times[:-1]], times, strict=True)]
         with torch.no_grad():
             val = run.data.val
             error = evaluate(run.model, run.workload, val.inputs, val.targets)["error"]
