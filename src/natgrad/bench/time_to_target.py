@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from natgrad.bench.registry import Benchmark, register_benchmark
+from natgrad.bench.timing import check_device, default_device
 from natgrad.train.harness import SMOOTHING, Curve, CurveRun, run_interleaved
 
 WORKLOAD = "fmnist_autoencoder"
@@ -192,6 +193,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--figure", type=Path, help="figure path (default: OUT/kfac_time_to_target.png)"
     )
+    parser.add_argument(
+        "--device", default=default_device(), help="cpu or cuda (default: cuda if present)"
+    )
 
 
 def speedups(records: list[dict]) -> dict:
@@ -232,7 +236,12 @@ def run_all(specs: list[RunSpec], args: argparse.Namespace, stop_at: float) -> d
     """Every run of the grid, round-robin, until the lowest target or the time limit."""
     runs = {
         spec.label: CurveRun(
-            WORKLOAD, spec.optimizer, spec.hyperparameters, args.batch, args.max_steps
+            WORKLOAD,
+            spec.optimizer,
+            spec.hyperparameters,
+            args.batch,
+            args.max_steps,
+            device=str(args.device),
         )
         for spec in specs
     }
@@ -266,6 +275,7 @@ def load_curves(specs: list[RunSpec], args: argparse.Namespace, path: Path) -> d
 
 def run(args: argparse.Namespace) -> dict:
     """Run (or reanalyze) the grid; results.json and the figure go to ``--out``."""
+    args.device = check_device(args.device)
     if args.figure is None:
         args.figure = args.out / "kfac_time_to_target.png"
     log = _quiet if getattr(args, "json", False) else print

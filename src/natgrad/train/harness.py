@@ -82,9 +82,11 @@ class SteppedRun:
     batch lookup plus :meth:`train_on`.
     """
 
-    def __init__(self, data, curve: Curve, batch_size: int, steps: int, seed: int) -> None:
+    def __init__(
+        self, data, curve: Curve, batch_size: int, steps: int, seed: int, device: str = "cpu"
+    ) -> None:
         self.data, self.curve, self.steps = data, curve, steps
-        self.sampler = BatchSampler(len(data.train), batch_size, seed, "cpu")
+        self.sampler = BatchSampler(len(data.train), batch_size, seed, device)
 
     @property
     def done(self) -> bool:
@@ -107,6 +109,8 @@ class CurveRun(SteppedRun):
 
     The model, optimizer, schedule and batches are those of ``natgrad train`` with the
     same seed; evaluation is left out, so the recorded times are pure training time.
+    On a CUDA ``device`` the loss read back after each step ends the step's time, so
+    the recorded times include the device's work.
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class CurveRun(SteppedRun):
         steps: int,
         seed: int = 0,
         data_dir: str | None = None,
+        device: str = "cpu",
     ) -> None:
         self.workload = get_workload(workload_name)
         resolved = RunConfig(
@@ -130,11 +135,11 @@ class CurveRun(SteppedRun):
             data_dir=data_dir,
             evaluate_test=False,
         ).resolved()
-        data = load_workload_data(self.workload, data_dir, "cpu")
+        data = load_workload_data(self.workload, data_dir, device)
         curve = Curve(optimizer, dict(hyperparameters), batch_size)
-        super().__init__(data, curve, batch_size, steps, seed)
+        super().__init__(data, curve, batch_size, steps, seed, device)
         self.model, self.spec, self.optimizer, self.scheduler = build_components(
-            resolved, self.workload, "cpu"
+            resolved, self.workload, device
         )
 
     def train_on(self, inputs, targets) -> float:
