@@ -20,7 +20,9 @@ import optuna
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
-DEFAULT_STORAGE_FILE = "study.db"
+from natgrad.folders import STUDY_DATABASE
+
+DEFAULT_STORAGE_FILE = STUDY_DATABASE
 SQLITE_TIMEOUT_S = 120
 
 
