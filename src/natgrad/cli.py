@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from natgrad.jsonio import dumps as json_dumps
 
 
 class UsageError(Exception):
@@ -58,7 +59,7 @@ def run_train(args: argparse.Namespace) -> int:
     if result.diverged_at_step is not None:
         summary["diverged_at_step"] = result.diverged_at_step
     if args.json:
-        print(json.dumps(summary, indent=2, sort_keys=True))
+        print(json_dumps(summary, indent=2, sort_keys=True))
     else:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in result.final.items() if isinstance(v, float))
         print(f"{result.status} at step {result.step}: {shown}")
@@ -160,7 +161,7 @@ def run_experiment(args: argparse.Namespace) -> int:
     out_dir = Path(args.out or f"runs/{args.name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     results = experiment.run(out_dir, args.quick)
-    print(json.dumps(_without_long_lists(results), indent=2, sort_keys=True, default=str))
+    print(json_dumps(_without_long_lists(results), indent=2, sort_keys=True, default=str))
     print(f"figures and results.json (with every curve) in {out_dir}")
     return 0
 

@@ -16,7 +16,7 @@ RUN_METRICS = "metrics.jsonl"
 
 
 def folder_kind(folder: Path) -> str | None:
-    """"study" for a tune/compare folder, "run" for a training run, else None."""
+    """ "study" for a tune/compare folder, "run" for a training run, else None."""
     folder = Path(folder)
     if (folder / STUDY_MARKER).exists() or (folder / STUDY_DATABASE).exists():
         return "study"

@@ -50,7 +50,9 @@ def standard(value: Any) -> Any:
             converted[NON_FINITE_KEY] = {**(previous or {}), **reasons}
         return converted
     if isinstance(value, (list, tuple)):
-        return [None if is_non_finite(item) else standard(item) for item in map(_plain_number, value)]
+        return [
+            None if is_non_finite(item) else standard(item) for item in map(_plain_number, value)
+        ]
     value = _plain_number(value)
     return None if is_non_finite(value) else value
 

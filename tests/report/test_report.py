@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from strict_json import load_file, load_lines
+
 from natgrad import cli
 
 SMOKE = [
@@ -34,8 +36,23 @@ def comparison(tmp_path_factory):
     return folder
 
 
+def test_every_file_of_the_lab_is_standard_json(comparison):
+    """No NaN/Infinity token (a re-run's step-0 train loss is missing: null with a reason)."""
+    written = list(comparison.rglob("*.json")) + list(comparison.rglob("*.jsonl"))
+    assert len(written) > 10
+    for path in written:
+        if path.suffix == ".jsonl":
+            load_lines(path)
+        else:
+            load_file(path)
+    history = load_file(comparison / "results.json")["studies"]["sgd"]["full"]["trials"][0][
+        "history"
+    ]
+    assert history[0][3] is None
+
+
 def test_results_hold_the_protocol(comparison):
-    results = json.loads((comparison / "results.json").read_text())
+    results = load_file(comparison / "results.json")
     assert set(results["ranking"]) == {"restricted", "full"}
     for space in ("restricted", "full"):
         assert sorted(e["rank"] for e in results["ranking"][space]) == [1, 2, 3]

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from strict_json import load_file, load_lines
 
 from natgrad.cli import main
 from natgrad.train import RunConfig, train
 from natgrad.train.checkpoint import CheckpointError, load_checkpoint
+from strict_json import load_file, load_lines
 
 
 def train_args(out: Path, optimizer: str = "sgd", workload: str = "digits_logreg", steps: int = 6):
@@ -149,7 +149,11 @@ def test_non_finite_damping_is_rejected(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("device", "expected"),
-    [("tpu7", "unknown device 'tpu7'"), ("cuda", "CUDA is not available"), ("meta", "not supported")],
+    [
+        ("tpu7", "unknown device 'tpu7'"),
+        ("cuda", "CUDA is not available"),
+        ("meta", "not supported"),
+    ],
 )
 def test_device_misuse_is_one_line(tmp_path, capsys, device, expected):
     if device == "cuda" and torch.cuda.is_available():
@@ -172,9 +176,7 @@ def test_explicit_data_dir_lacking_the_dataset_fails(tmp_path, capsys):
 def test_diverged_run_summary_holds_the_figures_where_it_stopped(tmp_path):
     """Evaluation every 50 steps; the run diverges before the first one."""
     out = tmp_path / "run"
-    result = train(
-        RunConfig("digits_logreg", "sgd", steps=50, hyperparameters={"lr": 1e38}), out
-    )
+    result = train(RunConfig("digits_logreg", "sgd", steps=50, hyperparameters={"lr": 1e38}), out)
     assert result.status == "diverged" and result.diverged_at_step < 50
     summary = load_file(out / "summary.json")
     assert summary["step"] == summary["final"]["step"] == result.diverged_at_step

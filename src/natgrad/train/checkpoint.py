@@ -59,7 +59,9 @@ def load_checkpoint(path: Path) -> dict:
             f"checkpoint {path} is unreadable ({unreadable_reason(path, error)}); "
             "delete it to start again, or pass another --out"
         ) from None
-    missing = [key for key in CHECKPOINT_KEYS if not isinstance(payload, dict) or key not in payload]
+    missing = [
+        key for key in CHECKPOINT_KEYS if not isinstance(payload, dict) or key not in payload
+    ]
     if missing:
         raise CheckpointError(
             f"checkpoint {path} is not a natgrad checkpoint (it lacks {', '.join(missing)}); "

@@ -18,6 +18,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from natgrad.jsonio import dumps as json_dumps
+from natgrad.jsonio import write_json
 from natgrad.optim import OPTIMIZERS
 from natgrad.train import RunConfig, train
 from natgrad.tune import analysis
@@ -100,7 +102,7 @@ def load_finished_run(folder: Path, config: RunConfig) -> dict | None:
     summary, stored = folder / "summary.json", folder / "config.json"
     if not (summary.exists() and stored.exists()):
         return None
-    if json.loads(stored.read_text()) != json.loads(json.dumps(config.resolved())):
+    if json.loads(stored.read_text()) != json.loads(json_dumps(config.resolved())):
         return None
     lines = (folder / "metrics.jsonl").read_text().splitlines()
     content = json.loads(summary.read_text())
@@ -284,5 +286,5 @@ def run_compare(
         "studies": summaries,
         **analyse(config, summaries, metric.replace("val_", "test_")),
     }
-    (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=1) + "\n")
+    write_json(out_dir / RESULTS_FILE, results, indent=1)
     return results
