@@ -245,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, UsageError, RunFolderError, OSError) as error:
         print(f"natgrad {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:
+        # Commands that keep partial work say what was kept (tune, compare).
+        text = str(interrupt) if str(interrupt).startswith("interrupted") else "interrupted"
+        print(f"natgrad {args.command}: {text}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -32,14 +32,16 @@ def add_tune_parser(commands) -> None:
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    from natgrad.tune.launch import run_studies
+    from natgrad.tune.launch import check_workers, run_studies
     from natgrad.tune.storage import redact, storage_url
-    from natgrad.tune.study import StudySpec, trial_records
+    from natgrad.tune.study import StudySpec, check_trials, trial_records
 
     spec = StudySpec(
         args.workload, args.optimizer, args.space, args.steps, args.seed, args.batch_size
     )
     spec.validate()
+    check_trials(args.trials)
+    check_workers(args.workers)
     out_dir = Path(args.out)
     check_study_folder(out_dir, args.workload)
     if args.storage is None:
@@ -49,16 +51,26 @@ def run_tune(args: argparse.Namespace) -> int:
     if args.storage is not None:
         mark_study_folder(out_dir, args.workload)
     records = trial_records(study, args.trials)
-    print_study_summary(spec, records)
+    print_study_summary(spec, records, recovered_trials(study))
     print(f"study {spec.name!r} in {redact(url)}")
     print(f"browse it with: optuna-dashboard {redact(url)}")
     return 0
 
 
-def print_study_summary(spec, records: list[dict]) -> None:
+def recovered_trials(study) -> int:
+    """Trials whose process stopped (killed, interrupted) and whose point ran again."""
+    from natgrad.tune.study import trial_status
+
+    return sum(trial_status(t) in ("lost", "interrupted") for t in study.get_trials(deepcopy=False))
+
+
+def print_study_summary(spec, records: list[dict], recovered: int = 0) -> None:
     completed = [r for r in records if r["value"] is not None]
     failed = len(records) - len(completed)
-    print(f"{spec.name}: {len(records)} trials, {failed} failed")
+    recovered_text = (
+        f", {recovered} recovered from stopped processes (run again)" if recovered else ""
+    )
+    print(f"{spec.name}: {len(records)} trials, {failed} failed{recovered_text}")
     if completed:
         best = min(completed, key=lambda r: r["value"])
         shown = ", ".join(
