@@ -1,6 +1,5 @@
 """Smoke comparison + report on embedded data, and the HTML rendered in headless Chromium."""
 
-import json
 import re
 import subprocess
 import tempfile
@@ -8,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from strict_json import load_file, load_lines
-
 from natgrad import cli
+from strict_json import load_file, load_lines
 
 SMOKE = [
     "--workload",

@@ -26,6 +26,7 @@ from natgrad.tune.study import StudySpec, counts_as_trial, prepare_studies, tria
 POLL_INTERVAL_S = 1.0
 PARENT_CHECK_S = 1.0
 WORKER_STOP_TIMEOUT_S = 30.0
+INTERRUPT_GRACE_S = 3.0
 INTERRUPTED_EXIT_CODES = (130, -signal.SIGINT, -signal.SIGTERM)
 
 
@@ -108,18 +109,41 @@ def format_seconds(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+_last_raised = [-math.inf]
+
+
 def raise_keyboard_interrupt(signum, frame) -> None:
+    """SIGINT or SIGTERM as KeyboardInterrupt; a repeat within INTERRUPT_GRACE_S is
+    ignored, so the clean-up that the first one started (recording the trial) is not cut
+    short."""
+    now = time.monotonic()
+    if now - _last_raised[0] < INTERRUPT_GRACE_S:
+        return
+    _last_raised[0] = now
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def quiet_interrupts(unraisable) -> None:
+    """sys.unraisablehook that drops a KeyboardInterrupt raised inside a garbage-collector
+    callback (Python cannot deliver it there; the signal is sent again), and reports any
+    other unraisable exception as usual."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def stop_when_parent_dies(parent: int, interval: float = PARENT_CHECK_S) -> threading.Thread:
-    """A daemon thread that sends SIGTERM to this process once ``parent`` has exited
-    (the worker then records its trial as interrupted and exits)."""
+    """A daemon thread that sends SIGTERM to this process once ``parent`` has exited (the
+    worker then records its trial as interrupted and exits), and again every ``interval``
+    seconds: Python drops an exception raised while a garbage-collector callback runs,
+    so one signal may go unheard."""
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(interval)
-        os.kill(os.getpid(), signal.SIGTERM)
+        while True:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(interval)
 
     thread = threading.Thread(target=watch, daemon=True, name="parent-watch")
     thread.start()
@@ -130,7 +154,9 @@ def _worker_main(url: str, spec_dicts: list[dict], trials: int, parent: int) -> 
     import torch
 
     torch.set_num_threads(1)
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, raise_keyboard_interrupt)
+    sys.unraisablehook = quiet_interrupts
     try:
         stop_when_parent_dies(parent)
         work(url, [StudySpec(**spec) for spec in spec_dicts], trials)
@@ -174,15 +200,19 @@ def run_studies(
 
 @contextlib.contextmanager
 def signals_as_interrupt():
-    """SIGTERM raises KeyboardInterrupt here too (main thread only), like Ctrl-C."""
+    """SIGTERM raises KeyboardInterrupt here too, like Ctrl-C (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, raise_keyboard_interrupt) for signum in signals}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, quiet_interrupts
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        sys.unraisablehook = previous_hook
 
 
 def _run_studies(
@@ -232,14 +262,18 @@ def run_workers(
 
 
 def stop_workers(processes: list) -> None:
-    """SIGTERM to each live worker, then wait; SIGKILL those that do not stop in time."""
-    for process in processes:
-        if process.is_alive():
+    """SIGTERM to each live worker (repeated each second, as one may go unheard), then
+    SIGKILL those still alive after WORKER_STOP_TIMEOUT_S."""
+    deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        alive = [process for process in processes if process.is_alive()]
+        if not alive:
+            return
+        for process in alive:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
+        alive[0].join(PARENT_CHECK_S)
     for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
         if process.is_alive():
             process.kill()
-            process.join()
+        process.join()
