@@ -9,14 +9,26 @@ from natgrad.tune.folder import check_study_folder, mark_study_folder
 
 
 def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--trials", type=int, required=True, help="total trials per study (K)")
-    parser.add_argument("--steps", type=int, required=True, help="training steps per trial")
-    parser.add_argument("--out", required=True, help="study folder (holds study.db by default)")
     parser.add_argument(
-        "--storage", help="SQLAlchemy URL of a shared storage, e.g. postgresql://user@host/db"
+        "--trials", type=int, required=True, help="total trials per study (K), required"
     )
-    parser.add_argument("--workers", type=int, default=1, help="local worker processes")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the Halton sequence")
+    parser.add_argument(
+        "--steps", type=int, required=True, help="training steps per trial, required"
+    )
+    parser.add_argument(
+        "--out", required=True, help="study folder, required (holds study.db by default)"
+    )
+    parser.add_argument(
+        "--storage",
+        help="SQLAlchemy URL of a shared storage, e.g. postgresql://user@host/db "
+        "(default: sqlite study.db in --out)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="local worker processes (default: 1)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the Halton sequence (default: 0)"
+    )
     parser.add_argument("--batch-size", type=int, help="batch size (default: workload's)")
 
 
@@ -24,9 +36,15 @@ def add_tune_parser(commands) -> None:
     parser = commands.add_parser(
         "tune", help="quasi-random search of one optimizer's space (an Optuna study)"
     )
-    parser.add_argument("--workload", required=True)
-    parser.add_argument("--optimizer", required=True)
-    parser.add_argument("--space", default="full", help="restricted or full")
+    parser.add_argument(
+        "--workload", required=True, help="workload name, required (see `natgrad workloads`)"
+    )
+    parser.add_argument(
+        "--optimizer", required=True, help="optimizer name, required (see `natgrad optimizers`)"
+    )
+    parser.add_argument(
+        "--space", default="full", help="search space: restricted or full (default: full)"
+    )
     add_storage_arguments(parser)
     parser.set_defaults(handler=run_tune)
 
@@ -84,16 +102,24 @@ def add_compare_parser(commands) -> None:
     parser = commands.add_parser(
         "compare", help="tune several optimizers in both spaces, re-run the best, analyse"
     )
-    parser.add_argument("--workload", required=True)
+    parser.add_argument(
+        "--workload", required=True, help="workload name, required (see `natgrad workloads`)"
+    )
     parser.add_argument(
         "--optimizers",
         default="sgd,momentum,nesterov,rmsprop,adam,nadam",
-        help="comma-separated optimizer names",
+        help="comma-separated optimizer names (default: %(default)s)",
     )
-    parser.add_argument("--space", default="restricted,full", help="comma-separated spaces")
+    parser.add_argument(
+        "--space", default="restricted,full", help="comma-separated spaces (default: %(default)s)"
+    )
     add_storage_arguments(parser)
-    parser.add_argument("--seeds", type=int, default=3, help="re-runs of each best trial")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="re-runs of each best trial (default: 3)"
+    )
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples (default: 1000)"
+    )
     parser.set_defaults(handler=run_compare_command)
 
 
