@@ -148,3 +148,26 @@ def test_html_report_renders_with_its_images_in_chromium(comparison, chromium):
         dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
     assert "Optimizer comparison: digits_mlp" in dom
     assert 'id="image-check">images 5/5<' in dom
+
+
+def test_rank_flips_list_only_separated_ones_and_count_the_rest():
+    from natgrad.report.document import checks_blocks
+
+    results = {
+        "config": {"spaces": ["restricted", "full"]},
+        "inclusion": {"restricted": [], "full": []},
+        "rank_flips": [{"first_better": "adam", "then_better": "sgd", "intervals_apart": True}],
+        "rank_flips_within_intervals": 11,
+        "warnings": [],
+    }
+    flips = next(
+        blocks
+        for heading, blocks in zip(checks_blocks(results), checks_blocks(results)[1:])
+        if heading.text.startswith("Rank flips")
+    )
+    assert flips.items == [
+        "adam beats sgd in the restricted space, sgd beats adam in the full space "
+        "(intervals apart in both)",
+        "11 other pair(s) swap order between the spaces within their intervals "
+        "(not a significant difference)",
+    ]

@@ -272,9 +272,7 @@ def analyse(config: CompareConfig, summaries: dict[str, dict[str, dict]], test_m
             if summaries[opt][space]["test"]["values"]
         }
         ranking[space] = (
-            analysis.rank_with_intervals(
-                samples, config.bootstrap, config.seed, bounds=metric_bounds(test_metric)
-            )
+            analysis.rank_with_intervals(samples, bounds=metric_bounds(test_metric))
             if samples
             else []
         )
@@ -287,7 +285,14 @@ def analyse(config: CompareConfig, summaries: dict[str, dict[str, dict]], test_m
     flips = []
     if "restricted" in ranking and "full" in ranking:
         flips = analysis.rank_flips(ranking["restricted"], ranking["full"])
-    return {"ranking": ranking, "inclusion": inclusion, "rank_flips": flips, "warnings": warnings}
+    return {
+        "ranking": ranking,
+        "inclusion": inclusion,
+        # Only flips that the intervals support; the others are noise and only counted.
+        "rank_flips": [flip for flip in flips if flip["intervals_apart"]],
+        "rank_flips_within_intervals": sum(not flip["intervals_apart"] for flip in flips),
+        "warnings": warnings,
+    }
 
 
 def run_compare(
