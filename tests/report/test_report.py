@@ -105,9 +105,36 @@ def test_html_report_is_self_contained(comparison):
     assert "http://" not in page and "https://" not in page
 
 
-def test_report_without_results_is_a_clear_error(tmp_path, capsys):
+def test_report_on_a_folder_of_neither_kind_is_one_line(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
-    assert "holds no results.json" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "holds neither results.json" in err and len(err.splitlines()) == 1
+    assert cli.main(["report", str(tmp_path / "missing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    (tmp_path / "results.json").write_text('{"config": {}}')
+    assert cli.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "lacks studies, ranking" in err and len(err.splitlines()) == 1
+
+
+def test_report_of_a_tune_folder_renders_that_study(tmp_path, capsys):
+    tune = ["tune", "--workload", "digits_logreg", "--optimizer", "adam", "--space", "full"]
+    assert cli.main([*tune, "--trials", "4", "--steps", "5", "--out", str(tmp_path)]) == 0
+    assert cli.main(["report", str(tmp_path)]) == 0
+    markdown = (tmp_path / "report.md").read_text()
+    assert "## Study digits_logreg-adam-full" in markdown
+    assert markdown.count("| completed |") + markdown.count("| diverged |") == 4
+    for figure in ("best_of_k", "lr", "lr_eps"):
+        assert (tmp_path / f"digits_logreg-adam-full-{figure}.png").stat().st_size > 1000
+        assert f"digits_logreg-adam-full-{figure}.png" in markdown
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3
+    restricted = tmp_path / "restricted"
+    tune[-1] = "restricted"
+    assert cli.main([*tune, "--trials", "2", "--steps", "5", "--out", str(restricted)]) == 0
+    assert cli.main(["report", str(restricted)]) == 0
+    assert not (restricted / "digits_logreg-adam-restricted-lr_eps.png").exists()
+    assert (restricted / "digits_logreg-adam-restricted-lr.png").exists()
 
 
 CHECK_SCRIPT = """<script>
@@ -160,11 +187,9 @@ def test_rank_flips_list_only_separated_ones_and_count_the_rest():
         "rank_flips_within_intervals": 11,
         "warnings": [],
     }
-    flips = next(
-        blocks
-        for heading, blocks in zip(checks_blocks(results), checks_blocks(results)[1:])
-        if heading.text.startswith("Rank flips")
-    )
+    blocks = checks_blocks(results)
+    heading = next(i for i, block in enumerate(blocks) if block.text.startswith("Rank flips"))
+    flips = blocks[heading + 1]
     assert flips.items == [
         "adam beats sgd in the restricted space, sgd beats adam in the full space "
         "(intervals apart in both)",
