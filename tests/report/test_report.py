@@ -73,6 +73,10 @@ def test_compare_again_reuses_finished_work(comparison, capsys):
     assert cli.main(["compare", *SMOKE, "--out", str(comparison)]) == 0
     after = (comparison / "reruns" / "sgd-full" / "seed1" / "summary.json").stat().st_mtime_ns
     assert before == after
+    err = capsys.readouterr().err
+    for done in range(1, 13):  # 3 optimizers x 2 spaces x 2 seeds, each with an ETA
+        assert f"[compare] re-runs {done}/12 done" in err
+    assert "eta" in err.split("[compare] re-runs 12/12 done")[1].splitlines()[0]
     assert "[tune] trials 18/18 done" in capsys.readouterr().err
 
 
