@@ -77,7 +77,7 @@ def test_compare_again_reuses_finished_work(comparison, capsys):
     for done in range(1, 13):  # 3 optimizers x 2 spaces x 2 seeds, each with an ETA
         assert f"[compare] re-runs {done}/12 done" in err
     assert "eta" in err.split("[compare] re-runs 12/12 done")[1].splitlines()[0]
-    assert "[tune] trials 18/18 done" in capsys.readouterr().err
+    assert "[tune] trials 18/18 done" in err
 
 
 def test_markdown_report_names_its_sections_and_figures(comparison):
