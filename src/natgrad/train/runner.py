@@ -327,7 +327,8 @@ class Run:
                     f"checkpoint {path} belongs to another run (its {', '.join(differing)} "
                     "differ from this run's); it cannot be resumed here"
                 )
-        check_optimizer_groups(path, checkpoint["optimizer"], self.optimizer.state_dict())
+        else:  # written before checkpoints recorded their settings: check its optimizer
+            check_optimizer_groups(path, checkpoint["optimizer"], self.optimizer.state_dict())
         try:
             self.model.load_state_dict(checkpoint["model"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
