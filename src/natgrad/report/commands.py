@@ -1,36 +1,29 @@
-"""Command-line front of the report: ``natgrad report DIR``."""
+"""Reading what ``natgrad report`` renders: results.json of a ``natgrad compare`` folder."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-
-def add_report_parser(commands) -> None:
-    parser = commands.add_parser(
-        "report", help="write report.md, report.html and figures of a `natgrad compare` folder"
-    )
-    parser.add_argument("folder", help="the --out folder of `natgrad compare`")
-    parser.set_defaults(handler=run_report)
+RESULTS_KEYS = ("config", "studies", "ranking", "inclusion", "rank_flips", "warnings")
 
 
 def load_results(folder: Path) -> dict:
-    """results.json of a comparison folder; ValueError if it is missing or unreadable."""
+    """results.json of a comparison folder; ValueError if it is missing, unreadable or
+    lacks the keys that `natgrad compare` writes."""
     path = Path(folder) / "results.json"
     if not path.exists():
         raise ValueError(
             f"{folder} holds no results.json; run `natgrad compare --out {folder}` first"
         )
     try:
-        return json.loads(path.read_text())
+        results = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from None
-
-
-def run_report(args: argparse.Namespace) -> int:
-    from natgrad.report.document import write_report
-
-    written = write_report(load_results(Path(args.folder)), Path(args.folder))
-    print(f"report: {written['markdown']} and {written['html']}")
-    return 0
+    missing = [key for key in RESULTS_KEYS if not isinstance(results, dict) or key not in results]
+    if missing:
+        raise ValueError(
+            f"{path} is not the results of `natgrad compare` (it lacks {', '.join(missing)}); "
+            f"run `natgrad compare --out {folder}` again"
+        )
+    return results

@@ -21,9 +21,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from natgrad.folders import folder_kind
+from natgrad.jsonio import dumps as json_dumps
+from natgrad.jsonio import write_json, write_text_atomically
 from natgrad.optim.registry import BuildContext, OptimizerSpec, get_optimizer_spec
 from natgrad.optim.schedules import build_schedule, split_schedule_hyperparameters
 from natgrad.train.checkpoint import (
+    CheckpointError,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
@@ -189,6 +193,11 @@ def prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:
     """
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite exclude each other: choose one")
+    if folder_kind(out_dir) == "study":
+        raise RunFolderError(
+            f"{out_dir} is a study folder of `natgrad tune` or `natgrad compare`, not a "
+            "training run; pass another --out"
+        )
     if out_dir.exists() and any(out_dir.iterdir()):
         if overwrite:
             remove_run_files(out_dir)
@@ -216,14 +225,23 @@ def remove_run_files(out_dir: Path) -> None:
             entry.unlink()
 
 
-def check_same_config(out_dir: Path, resolved: dict) -> None:
-    """On resume, the stored config must match (the number of steps may grow)."""
-    stored = json.loads((out_dir / "config.json").read_text())
-    differing = sorted(
+def differing_settings(stored: dict, resolved: dict) -> list[str]:
+    """Names of the settings that differ (the number of steps may grow on resume)."""
+    return sorted(
         key
         for key in set(stored) | set(resolved)
         if key != "steps" and stored.get(key) != resolved.get(key)
     )
+
+
+def check_same_config(out_dir: Path, resolved: dict) -> None:
+    """On resume, the stored config must match (the number of steps may grow)."""
+    path = out_dir / "config.json"
+    try:
+        stored = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise RunFolderError(f"cannot resume {out_dir}: {path} is not valid JSON") from None
+    differing = differing_settings(stored, json.loads(json_dumps(resolved)))
     if differing:
         raise RunFolderError(
             f"cannot resume {out_dir}: settings differ from the stored run: {', '.join(differing)}"
@@ -238,10 +256,19 @@ def read_history(path: Path, up_to_step: int) -> list[dict]:
     return [record for record in records if record["step"] <= up_to_step]
 
 
-def write_json(path: Path, payload: dict) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    temporary.replace(path)
+def check_optimizer_groups(path: Path, saved: dict, fresh: dict) -> None:
+    """CheckpointError unless the saved param_groups name the same settings as ours."""
+    saved_groups, fresh_groups = saved.get("param_groups"), fresh.get("param_groups")
+    if saved_groups is None or fresh_groups is None:
+        return
+    saved_keys = [set(group) for group in saved_groups]
+    fresh_keys = [set(group) for group in fresh_groups]
+    if saved_keys != fresh_keys:
+        raise CheckpointError(
+            f"checkpoint {path} holds the state of another optimizer (its settings "
+            f"{sorted(set().union(*saved_keys) - set().union(*fresh_keys)) or 'differ'}); "
+            "it belongs to another run"
+        )
 
 
 class Run:
@@ -274,30 +301,46 @@ class Run:
 
     # -- run folder -------------------------------------------------------------------
     def _open_folder(self, resume: bool, overwrite: bool) -> None:
+        # Everything is checked (settings, checkpoint) before any file is changed.
         prepare_run_folder(self.out_dir, resume, overwrite)
         checkpoint = self.out_dir / CHECKPOINT_NAME
         if resume and (self.out_dir / "config.json").exists():
             check_same_config(self.out_dir, self.resolved)
         if resume and checkpoint.exists():
-            self._restore(load_checkpoint(checkpoint))
+            self._restore(checkpoint, load_checkpoint(checkpoint))
         else:
             (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
         write_json(self.out_dir / "config.json", self.resolved)
         self._rewrite_metrics()
 
     def _rewrite_metrics(self) -> None:
-        lines = "".join(json.dumps(record) + "\n" for record in self.history)
-        path = self.out_dir / "metrics.jsonl"
-        temporary = path.with_suffix(".jsonl.tmp")
-        temporary.write_text(lines)
-        temporary.replace(path)
+        lines = "".join(json_dumps(record) + "\n" for record in self.history)
+        write_text_atomically(self.out_dir / "metrics.jsonl", lines)
 
-    def _restore(self, checkpoint: dict) -> None:
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.state = LoopState(**checkpoint["loop"])
-        restore_rng_state(checkpoint["rng"])
+    def _restore(self, path: Path, checkpoint: dict) -> None:
+        """Load a checkpoint into this run; CheckpointError if it belongs to another run."""
+        settings = checkpoint.get("settings")
+        if settings is not None:
+            differing = differing_settings(settings, json.loads(json_dumps(self.resolved)))
+            if differing:
+                raise CheckpointError(
+                    f"checkpoint {path} belongs to another run (its {', '.join(differing)} "
+                    "differ from this run's); it cannot be resumed here"
+                )
+        else:  # written before checkpoints recorded their settings: check its optimizer
+            check_optimizer_groups(path, checkpoint["optimizer"], self.optimizer.state_dict())
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+            self.state = LoopState(**checkpoint["loop"])
+            restore_rng_state(checkpoint["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this run's model or optimizer "
+                f"({type(error).__name__}: {first_line[:200]}); it belongs to another run"
+            ) from None
         self.history = read_history(self.out_dir / "metrics.jsonl", self.state.step)
 
     def save_checkpoint(self) -> None:
@@ -309,11 +352,14 @@ class Run:
             "scheduler": self.scheduler.state_dict(),
             "loop": vars(self.state).copy(),
             "rng": capture_rng_state(),
+            "settings": json.loads(json_dumps(self.resolved)),
         }
         write_atomically(self.out_dir / CHECKPOINT_NAME, payload)
 
     # -- evaluation -------------------------------------------------------------------
-    def record_evaluation(self) -> dict:
+    def measure(self) -> dict:
+        """The figures of the model now: validation loss (and error), mean training loss
+        since the last evaluation, learning rate and damping."""
         state = self.state
         val = evaluate(self.model, self.workload, self.data.val.inputs, self.data.val.targets)
         record = {
@@ -328,15 +374,26 @@ class Run:
             record["val_error"] = val["error"]
         if "damping" in self.optimizer.param_groups[0]:
             record["damping"] = float(self.optimizer.param_groups[0]["damping"])
-        state.loss_sum, state.loss_count = 0.0, 0
+        return record
+
+    def record_evaluation(self) -> dict:
+        record = self.measure()
+        self.state.loss_sum, self.state.loss_count = 0.0, 0
         self.history.append(record)
         if self.out_dir is not None:
             with (self.out_dir / "metrics.jsonl").open("a") as stream:
-                stream.write(json.dumps(record) + "\n")
+                stream.write(json_dumps(record) + "\n")
         return record
 
     def final_metrics(self, status: str) -> dict:
-        final = dict(self.history[-1]) if self.history else {"step": self.state.step}
+        """Figures at the step where the run stopped: the last evaluation when it was
+        taken there, else measured now (a diverged or interrupted run stops between
+        evaluations; that measurement is not added to metrics.jsonl, so a resumed run
+        keeps the evaluation schedule of an uninterrupted one)."""
+        if self.history and self.history[-1]["step"] == self.state.step:
+            final = dict(self.history[-1])
+        else:
+            final = self.measure()
         if status == "completed" and self.resolved["evaluate_test"]:
             test = evaluate(
                 self.model, self.workload, self.data.test.inputs, self.data.test.targets
@@ -391,7 +448,12 @@ class Run:
         final = self.final_metrics(status)
         result = RunResult(status, self.state.step, final, self.history, self.out_dir, diverged_at)
         if self.out_dir is not None:
-            summary = {"status": status, "step": self.state.step, "final": final}
+            summary = {
+                "status": status,
+                "step": self.state.step,
+                "final": final,
+                "last_recorded_step": self.history[-1]["step"] if self.history else None,
+            }
             if diverged_at is not None:
                 summary["diverged_at_step"] = diverged_at
             write_json(self.out_dir / "summary.json", summary)
