@@ -16,7 +16,11 @@ def add_bench_parser(commands) -> None:
     for benchmark in load_benchmarks().values():
         sub = names.add_parser(benchmark.name, help=benchmark.description)
         benchmark.add_arguments(sub)
-        sub.add_argument("--json", action="store_true", help="print the figures as one JSON line")
+        sub.add_argument(
+            "--json",
+            action="store_true",
+            help="print the figures as one JSON line (default: a table)",
+        )
         sub.set_defaults(handler=run_bench)
 
 

@@ -33,20 +33,28 @@ def random_factor(size: int, generator: torch.Generator, device: torch.device) -
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--in", dest="inputs", type=int, default=9216, help="inputs (default 9216)")
     parser.add_argument(
-        "--out", dest="outputs", type=int, default=4096, help="outputs (default 4096)"
+        "--in", dest="inputs", type=int, default=9216, help="inputs (default %(default)s)"
     )
     parser.add_argument(
-        "--channels", type=int, default=256, help="channels of the input map (default 256)"
+        "--out", dest="outputs", type=int, default=4096, help="outputs (default %(default)s)"
     )
     parser.add_argument(
-        "--repeats", type=int, default=3, help="timed refreshes of each (default 3)"
+        "--channels", type=int, default=256, help="channels of the input map (default %(default)s)"
     )
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    parser.add_argument("--damping", type=float, default=1e-3, help="damping lambda (default 1e-3)")
     parser.add_argument(
-        "--device", default=default_device(), help="cpu or cuda (default: cuda if present)"
+        "--repeats", type=int, default=3, help="timed refreshes of each (default %(default)s)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed rounds first (default %(default)s)"
+    )
+    parser.add_argument(
+        "--damping", type=float, default=1e-3, help="damping lambda (default %(default)s)"
+    )
+    parser.add_argument(
+        "--device",
+        default=default_device(),
+        help="cpu or cuda (default: %(default)s, cuda when present)",
     )
 
 

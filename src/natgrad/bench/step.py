@@ -263,25 +263,52 @@ def parse_override(text: str) -> tuple[str, object]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batches", type=int, nargs="+", default=[1000, 4000])
-    parser.add_argument("--steps", type=int, default=40, help="timed steps (multiple of inv_every)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--kfacs", nargs="+", default=["kfac", "kfac_adaptive"])
+    parser.add_argument(
+        "--batches",
+        type=int,
+        nargs="+",
+        default=[1000, 4000],
+        help="batch sizes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=40,
+        help="timed steps, a multiple of inv_every (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="untimed steps first (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--kfacs",
+        nargs="+",
+        default=["kfac", "kfac_adaptive"],
+        help="K-FAC presets (default: %(default)s)",
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
         type=parse_override,
         action="append",
         default=[],
-        help="hyperparameter override for every K-FAC, e.g. --set stat_every=2",
+        help="hyperparameter override for every K-FAC, e.g. --set stat_every=2 (default: none)",
     )
-    parser.add_argument("--breakdown", action="store_true", help="also time each phase")
-    parser.add_argument("--memory", action="store_true", help="also measure peak RSS")
-    parser.add_argument("--memory-steps", type=int, default=5)
-    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, default=1000, help=argparse.SUPPRESS)
     parser.add_argument(
-        "--device", default=default_device(), help="cpu or cuda (default: cuda if present)"
+        "--breakdown", action="store_true", help="also time each phase (default: off)"
+    )
+    parser.add_argument(
+        "--memory", action="store_true", help="also measure peak RSS (default: off)"
+    )
+    parser.add_argument(
+        "--memory-steps",
+        type=int,
+        default=5,
+        help="steps of the memory runs (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--device",
+        default=default_device(),
+        help="cpu or cuda (default: %(default)s, cuda when present)",
     )
 
 
@@ -331,9 +358,12 @@ def main(argv: list[str] | None = None) -> None:
     """The script form (``python -m natgrad.bench.step``, benchmarks/bench_kfac_step.py)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
-    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="figures as one JSON line")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)  # one optimizer's memory run
+    parser.add_argument("--batch", type=int, default=1000, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
+        args.device = check_device(args.device)
         memory_child(args.memory_child, args)
         return
     results = run(args)

@@ -166,35 +166,61 @@ def plot(curves: dict[str, Curve], records: list[dict], target: float, path: Pat
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch", type=int, default=1000)
-    parser.add_argument("--target", type=float, default=250.0, help="the figure's target")
+    parser.add_argument("--batch", type=int, default=1000, help="batch size (default: %(default)s)")
+    parser.add_argument(
+        "--target", type=float, default=250.0, help="the figure's target (default: %(default)s)"
+    )
     parser.add_argument(
         "--report-targets",
         type=float,
         nargs="*",
         default=[250.0, 240.0, 230.0],
-        help="also reported from the same curves; runs stop at the lowest target",
+        help="also reported from the same curves; runs stop at the lowest target "
+        "(default: %(default)s)",
     )
-    parser.add_argument("--time-limit", type=float, default=300.0)
-    parser.add_argument("--max-steps", type=int, default=2000)
-    parser.add_argument("--adam-lrs", type=float, nargs="*", default=[1e-3, 2e-3, 4e-3])
-    parser.add_argument("--momentum-lrs", type=float, nargs="*", default=[3e-3, 1e-2])
-    parser.add_argument("--kl-clips", type=float, nargs="*", default=[1e-3])
-    parser.add_argument("--dampings", type=float, nargs="*", default=[0.03, 0.1, 1.0])
+    grids = {
+        "--time-limit": (float, 300.0, "seconds of training per run"),
+        "--max-steps": (int, 2000, "steps per run"),
+    }
+    for option, (kind, default, text) in grids.items():
+        parser.add_argument(
+            option, type=kind, default=default, help=f"{text} (default: %(default)s)"
+        )
+    lists = {
+        "--adam-lrs": ([1e-3, 2e-3, 4e-3], "Adam learning rates"),
+        "--momentum-lrs": ([3e-3, 1e-2], "Momentum (0.9) learning rates"),
+        "--kl-clips": ([1e-3], "KL clips of the fixed-lr kfac"),
+        "--dampings": ([0.03, 0.1, 1.0], "initial dampings of kfac_adaptive"),
+    }
+    for option, (default, text) in lists.items():
+        parser.add_argument(
+            option, type=float, nargs="*", default=default, help=f"{text} (default: %(default)s)"
+        )
     parser.add_argument(
-        "--variant-damping", type=float, default=0.1, help="0 leaves the variants out"
+        "--variant-damping",
+        type=float,
+        default=0.1,
+        help="damping of the K-FAC variants, 0 leaves them out (default: %(default)s)",
     )
-    parser.add_argument("--out", type=Path, default=Path("runs/kfac_time_to_target"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/kfac_time_to_target"),
+        help="results folder (default: %(default)s)",
+    )
     parser.add_argument(
         "--reanalyze",
         type=Path,
-        help="recompute the tables and figure from the curves of an earlier results.json",
+        help="recompute the tables and figure from the curves of an earlier results.json "
+        "(default: run the grid)",
     )
     parser.add_argument(
         "--figure", type=Path, help="figure path (default: OUT/kfac_time_to_target.png)"
     )
     parser.add_argument(
-        "--device", default=default_device(), help="cpu or cuda (default: cuda if present)"
+        "--device",
+        default=default_device(),
+        help="cpu or cuda (default: %(default)s, cuda when present)",
     )
 
 
