@@ -1,0 +1,125 @@
+"""What the multi-process tests run on each rank: one K-FAC run per case on a shard.
+
+Every rank builds the same model and the same global batch from fixed seeds, keeps
+rows [rank * m / N, (rank + 1) * m / N) of it, and steps K-FAC with the data-parallel
+coordinator; ``run_case(name, 0, 1)`` is the one-process reference on the whole batch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from natgrad.distributed import Coordinator, RankFailure, World
+from natgrad.optim.kfac import KFAC
+from natgrad.optim.kfac_rules import DampingConfig
+
+BATCH = 12
+STEPS = 6
+BASE = dict(lr=0.2, momentum=0.5, damping=0.05, weight_decay=1e-3, inv_every=2, stat_decay=0.9)
+CASES = {
+    # name: (KFAC options, coordinator options, wrap the model in DDP)
+    "exact_broadcast_ddp": (dict(fisher="exact"), dict(precondition="broadcast"), True),
+    "empirical_gather_eigen": (
+        dict(fisher="empirical", inverse="eigen"),
+        dict(precondition="gather"),
+        False,
+    ),
+    "exact_adaptive": (
+        dict(
+            fisher="exact",
+            adapt_step=True,
+            adapt_damping=True,
+            damping=1.0,
+            damping_config=DampingConfig(interval=2),
+        ),
+        dict(precondition="broadcast"),
+        False,
+    ),
+    "empirical_async_staleness_1": (
+        dict(fisher="empirical"),
+        dict(precondition="broadcast", staleness=1),
+        False,
+    ),
+}
+
+
+def model_and_batch() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 7), nn.Tanh(), nn.Linear(7, 4))
+    inputs, targets = torch.randn(BATCH, 6), torch.randint(0, 4, (BATCH,))
+    return model, inputs, targets
+
+
+def run_case(name: str, rank: int, world_size: int) -> list[torch.Tensor]:
+    """The parameters after STEPS steps of case ``name`` on this rank's shard."""
+    options, coordinator_options, wrap = CASES[name]
+    model, inputs, targets = model_and_batch()
+    shard = slice(rank * BATCH // world_size, (rank + 1) * BATCH // world_size)
+    inputs, targets = inputs[shard], targets[shard]
+    stepped = DistributedDataParallel(model) if wrap and world_size > 1 else model
+    opt = KFAC(stepped, likelihood="categorical", **{**BASE, **options})
+    world = World.from_process_group() if world_size > 1 else World()
+    opt.coordinator = Coordinator(world, **coordinator_options)
+
+    def closure():
+        outputs = stepped(inputs)
+        return opt.likelihood.loss(outputs, targets), outputs
+
+    losses = [opt.step(closure) for _ in range(STEPS)]
+    opt.coordinator.close()
+    return [p.detach().clone() for p in model.parameters()] + [torch.stack(losses)]
+
+
+def join(init_file: str, rank: int, world_size: int, timeout_s: float) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=timeout_s),
+    )
+
+
+def equality_worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:
+    """Every case on this rank; rank 0 saves the results."""
+    join(init_file, rank, world_size, 30)
+    results = {name: run_case(name, rank, world_size) for name in CASES}
+    if rank == 0:
+        torch.save(results, out_file)
+    dist.destroy_process_group()
+
+
+def dying_worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:
+    """Rank 1 dies after two steps; rank 0 keeps stepping and must stop with RankFailure."""
+    join(init_file, rank, world_size, 5)
+    model, inputs, targets = model_and_batch()
+    opt = KFAC(model, likelihood="categorical", fisher="exact", **BASE)
+
+    def closure():
+        outputs = model(inputs)
+        return opt.likelihood.loss(outputs, targets), outputs
+
+    started = time.monotonic()
+    try:
+        for step in range(1000):
+            if rank == 1 and step == 2:
+                os._exit(3)
+            opt.step(closure)
+    except RankFailure as failure:
+        with open(out_file, "w") as stream:
+            stream.write(f"{time.monotonic() - started:.3f}\n{failure}\n")
+        sys.exit(1)
+    except BaseException:
+        with open(out_file, "w") as stream:
+            stream.write("other\n" + traceback.format_exc())
+        sys.exit(2)
