@@ -60,7 +60,9 @@ def buckets(tensors: Sequence[Tensor], bucket_bytes: int = BUCKET_BYTES) -> list
     return groups
 
 
-def all_reduce_sum(tensors: Sequence[Tensor], what: str, bucket_bytes: int = BUCKET_BYTES) -> list[Tensor]:
+def all_reduce_sum(
+    tensors: Sequence[Tensor], what: str, bucket_bytes: int = BUCKET_BYTES
+) -> list[Tensor]:
     """Elementwise sums over ranks of ``tensors`` (new tensors, same shapes), bucketed.
 
     Every bucket's all-reduce is started before the first is waited for, so the
@@ -74,7 +76,9 @@ def all_reduce_sum(tensors: Sequence[Tensor], what: str, bucket_bytes: int = BUC
             work.wait()
     results: list[Tensor] = [None] * len(tensors)  # type: ignore[list-item]
     for group, flat in zip(groups, flats, strict=True):
-        for index, piece in zip(group, unflatten(flat, [tensors[i].shape for i in group]), strict=True):
+        for index, piece in zip(
+            group, unflatten(flat, [tensors[i].shape for i in group]), strict=True
+        ):
             results[index] = piece
     return results
 
@@ -92,9 +96,41 @@ def broadcast_from(tensors: Sequence[Tensor], src: int, what: str) -> list[Tenso
         flat = torch.cat([tensors[i].reshape(-1) for i in group])
         with collective(what):
             dist.broadcast(flat, src=src)
-        for index, piece in zip(group, unflatten(flat, [tensors[i].shape for i in group]), strict=True):
+        for index, piece in zip(
+            group, unflatten(flat, [tensors[i].shape for i in group]), strict=True
+        ):
             results[index] = piece
     return results
+
+
+def any_rank(flag: bool, what: str, device: str | torch.device = "cpu") -> bool:
+    """Whether ``flag`` is set on any rank (one tiny all-reduce; ``flag`` on one process)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    with collective(what):
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def mean_over_ranks(value: Tensor, what: str) -> Tensor:
+    """The mean over ranks of a tensor (itself on one process)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    total = value.detach().float().clone()
+    with collective(what):
+        dist.all_reduce(total)
+    return (total / dist.get_world_size()).to(value.dtype)
+
+
+def from_rank_zero(value, what: str):
+    """Rank 0's ``value`` (any picklable object) on every rank."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    with collective(what):
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def unflatten(flat: Tensor, shapes: Sequence[torch.Size]) -> list[Tensor]:
@@ -140,6 +176,9 @@ __all__ = [
     "buckets",
     "all_reduce_sum",
     "broadcast_from",
+    "any_rank",
+    "mean_over_ranks",
+    "from_rank_zero",
     "unflatten",
     "upper_triangle",
     "symmetric_from_upper",

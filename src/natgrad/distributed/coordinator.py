@@ -83,8 +83,7 @@ class Coordinator:
     ) -> None:
         if precondition not in PRECONDITION_MODES:
             raise ValueError(
-                f"precondition must be one of {', '.join(PRECONDITION_MODES)}; "
-                f"got {precondition!r}"
+                f"precondition must be one of {', '.join(PRECONDITION_MODES)}; got {precondition!r}"
             )
         self.world = world if world is not None else World.from_process_group()
         self.mode = precondition
@@ -126,9 +125,7 @@ class Coordinator:
             return (total[0] / total[1]).to(loss.dtype)
         present = [p.grad is not None for p in params]
         flags = torch.tensor(present, dtype=torch.float32)
-        grads = [
-            p.grad.mul(weight) if p.grad is not None else torch.zeros_like(p) for p in params
-        ]
+        grads = [p.grad.mul(weight) if p.grad is not None else torch.zeros_like(p) for p in params]
         reduced = all_reduce_sum(
             [*grads, torch.cat([scalars.to(flags.device), flags])],
             "the gradient all-reduce",
@@ -144,7 +141,9 @@ class Coordinator:
         if not self.distributed:
             return tensor
         weight = float(self.examples if weight is None else weight)
-        packed = torch.cat([tensor.detach().float().reshape(-1) * weight, tensor.new_ones(1).float() * weight])
+        packed = torch.cat(
+            [tensor.detach().float().reshape(-1) * weight, tensor.new_ones(1).float() * weight]
+        )
         (total,) = all_reduce_sum([packed], "an all-reduce of per-rank averages", self.bucket_bytes)
         return (total[:-1] / total[-1]).reshape(tensor.shape).to(tensor.dtype)
 
@@ -172,7 +171,10 @@ class Coordinator:
         total_weight = reduced[-1]
         result: list[KroneckerFactors | None] = [None] * len(batch_factors)
         for position, index in enumerate(kept):
-            A, G = reduced[2 * position].div_(total_weight), reduced[2 * position + 1].div_(total_weight)
+            A, G = (
+                reduced[2 * position].div_(total_weight),
+                reduced[2 * position + 1].div_(total_weight),
+            )
             sizes = batch_factors[index].A.shape[0], batch_factors[index].G.shape[0]
             result[index] = KroneckerFactors(
                 symmetric_from_upper(A, sizes[0]), symmetric_from_upper(G, sizes[1])
