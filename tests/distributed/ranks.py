@@ -52,6 +52,21 @@ CASES = {
 }
 
 
+# ranks 0 and 1 compute the gradients of the two halves of the batch, rank 2 only the
+# statistics of the first half: the step of one process whose statistics take the first
+# half of its batch (stat_fraction 0.5)
+ROLES_CASE = (
+    dict(
+        fisher="exact",
+        stat_fraction=0.5,
+        adapt_damping=True,
+        damping_config=DampingConfig(interval=2),
+    ),
+    dict(precondition="broadcast"),
+    False,
+)
+
+
 def model_and_batch() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 7), nn.Tanh(), nn.Linear(7, 4))
@@ -61,9 +76,16 @@ def model_and_batch() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 
 def run_case(name: str, rank: int, world_size: int) -> list[torch.Tensor]:
     """The parameters after STEPS steps of case ``name`` on this rank's shard."""
-    options, coordinator_options, wrap = CASES[name]
+    options, coordinator_options, wrap = ROLES_CASE if name == "roles" else CASES[name]
     model, inputs, targets = model_and_batch()
-    shard = slice(rank * BATCH // world_size, (rank + 1) * BATCH // world_size)
+    if name == "roles" and world_size == 3:
+        role = "statistics" if rank == 2 else "gradients"
+        coordinator_options = {**coordinator_options, "role": role}
+        options = {**options, "stat_fraction": 1.0}
+        half = rank % 2
+        shard = slice(half * BATCH // 2, (half + 1) * BATCH // 2)
+    else:
+        shard = slice(rank * BATCH // world_size, (rank + 1) * BATCH // world_size)
     inputs, targets = inputs[shard], targets[shard]
     stepped = DistributedDataParallel(model) if wrap and world_size > 1 else model
     opt = KFAC(stepped, likelihood="categorical", **{**BASE, **options})
@@ -94,6 +116,8 @@ def equality_worker(rank: int, world_size: int, init_file: str, out_file: str) -
     """Every case on this rank; rank 0 saves the results."""
     join(init_file, rank, world_size, 30)
     results = {name: run_case(name, rank, world_size) for name in CASES}
+    if world_size == 3:
+        results["roles"] = run_case("roles", rank, world_size)
     if rank == 0:
         torch.save(results, out_file)
     dist.destroy_process_group()

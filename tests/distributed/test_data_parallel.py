@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def references():
-    return {name: run_case(name, 0, 1) for name in CASES}
+    return {name: run_case(name, 0, 1) for name in [*CASES, "roles"]}
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
@@ -44,8 +44,9 @@ def test_ranks_on_shards_step_like_one_process_on_the_batch(world_size, referenc
         start_method=START,
     )
     results = torch.load(out_file, weights_only=True)
-    for name, expected in references.items():
-        got = results[name]
+    assert ("roles" in results) == (world_size == 3)  # gradient and statistics ranks
+    for name, got in results.items():
+        expected = references[name]
         for index, (mine, theirs) in enumerate(zip(got, expected, strict=True)):
             torch.testing.assert_close(
                 mine, theirs, rtol=2e-5, atol=2e-6, msg=lambda m, n=name, i=index: f"{n}[{i}]: {m}"
@@ -95,6 +96,8 @@ def test_longest_job_first_balances_and_is_deterministic():
 
 
 def test_one_process_coordinator_is_the_local_computation():
+    with pytest.raises(ValueError, match="role must be one of both, gradients, statistics"):
+        Coordinator(World(), role="inverses")
     coordinator = Coordinator(World())
     assert not coordinator.distributed
     loss = torch.tensor(2.5)

@@ -15,7 +15,9 @@ K-FAC calls its coordinator at four points of a step and leaves the maths alone:
    for a gradient-sized message every step).
 
 ``reduce_mean`` averages the other per-rank quantities (the damping rule's losses, the
-quadratic model's Fisher products). With one process and no asynchronous inverter
+quadratic model's Fisher products). A rank's ``role`` can limit what its mini-batch
+feeds: gradients only, or statistics only (the statistics workers of Ba et al. 2017,
+whose factors from separate mini-batches are merged into the running averages). With one process and no asynchronous inverter
 every call is the plain local computation of K-FAC; this is the default.
 """
 
@@ -42,6 +44,7 @@ from natgrad.distributed.comms import (
 from natgrad.distributed.inverter import Decompositions, Inverter, decompose_all
 
 PRECONDITION_MODES = ("broadcast", "gather")
+ROLES = ("both", "gradients", "statistics")
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,11 @@ class Coordinator:
             on a background thread and installs them s steps after they were due
             (s = 0 is bit-for-bit the synchronous result).
         bucket_bytes: the largest buffer of one all-reduce.
+        role: what this rank's mini-batch feeds: "both" (default), "gradients" (its
+            factors get weight 0) or "statistics" (its gradients and losses get weight
+            0: a statistics worker on separate mini-batches, Ba et al. 2017). Every
+            rank still steps, so all keep the same parameters. Not with
+            DistributedDataParallel, which averages every rank's gradients alike.
     """
 
     def __init__(
@@ -80,13 +88,17 @@ class Coordinator:
         precondition: str = "broadcast",
         staleness: int | None = None,
         bucket_bytes: int = BUCKET_BYTES,
+        role: str = "both",
     ) -> None:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}; got {role!r}")
         if precondition not in PRECONDITION_MODES:
             raise ValueError(
                 f"precondition must be one of {', '.join(PRECONDITION_MODES)}; got {precondition!r}"
             )
         self.world = world if world is not None else World.from_process_group()
         self.mode = precondition
+        self.role = role
         self.inverter = Inverter(staleness)
         self.bucket_bytes = bucket_bytes
         self.calls = 0
@@ -115,12 +127,17 @@ class Coordinator:
     ) -> Tensor:
         """Average ``.grad`` of ``params`` over ranks, weighted by examples; the whole
         batch's loss. A DistributedDataParallel model has averaged them already."""
-        self.examples = examples
+        self.examples = examples if self.role != "statistics" else 0
         if not self.distributed:
             return loss
-        weight = float(examples)
+        weight = float(self.examples)
         scalars = torch.stack([loss.detach().float() * weight, loss.new_tensor(weight).float()])
         if isinstance(model, DistributedDataParallel):
+            if self.role != "both":
+                raise ValueError(
+                    f"role {self.role!r} needs a model without DistributedDataParallel "
+                    "(the coordinator weights each rank's gradients itself)"
+                )
             (total,) = all_reduce_sum([scalars], "the loss all-reduce", self.bucket_bytes)
             return (total[0] / total[1]).to(loss.dtype)
         present = [p.grad is not None for p in params]
@@ -132,6 +149,8 @@ class Coordinator:
             self.bucket_bytes,
         )
         totals = reduced[-1]
+        if float(totals[1]) == 0.0:
+            raise ValueError("no rank has role 'both' or 'gradients': no gradients to average")
         for param, grad, count in zip(params, reduced[:-1], totals[2:], strict=True):
             param.grad = None if count == 0 else grad.div_(totals[1].to(grad.device))
         return (totals[0] / totals[1]).to(loss.dtype)
@@ -140,7 +159,7 @@ class Coordinator:
         """The ``weight``-weighted mean over ranks of ``tensor`` (weight: this step's examples)."""
         if not self.distributed:
             return tensor
-        weight = float(self.examples if weight is None else weight)
+        weight = float(self.examples if weight is None or self.role == "statistics" else weight)
         packed = torch.cat(
             [tensor.detach().float().reshape(-1) * weight, tensor.new_ones(1).float() * weight]
         )
@@ -160,7 +179,7 @@ class Coordinator:
         present = torch.tensor([f is not None for f in batch_factors], dtype=torch.float32)
         (counts,) = all_reduce_sum([present], "the factor all-reduce", self.bucket_bytes)
         kept = [i for i, count in enumerate(counts.tolist()) if count == self.world.size]
-        weight = float(examples)
+        weight = float(examples) if self.role != "gradients" else 0.0
         pieces = []
         for index in kept:
             factors = batch_factors[index]
@@ -169,6 +188,8 @@ class Coordinator:
         pieces.append(torch.full((1,), weight, device=reference.device))
         reduced = all_reduce_sum(pieces, "the factor all-reduce", self.bucket_bytes)
         total_weight = reduced[-1]
+        if kept and float(total_weight) == 0.0:
+            raise ValueError("no rank has role 'both' or 'statistics': no factors to average")
         result: list[KroneckerFactors | None] = [None] * len(batch_factors)
         for position, index in enumerate(kept):
             A, G = (
@@ -306,4 +327,4 @@ def default_coordinator() -> Coordinator:
     return Coordinator(World.from_process_group())
 
 
-__all__ = ["Coordinator", "World", "PRECONDITION_MODES", "default_coordinator"]
+__all__ = ["Coordinator", "World", "PRECONDITION_MODES", "ROLES", "default_coordinator"]
