@@ -17,8 +17,9 @@ K-FAC calls its coordinator at four points of a step and leaves the maths alone:
 ``reduce_mean`` averages the other per-rank quantities (the damping rule's losses, the
 quadratic model's Fisher products). A rank's ``role`` can limit what its mini-batch
 feeds: gradients only, or statistics only (the statistics workers of Ba et al. 2017,
-whose factors from separate mini-batches are merged into the running averages). With one process and no asynchronous inverter
-every call is the plain local computation of K-FAC; this is the default.
+whose factors from separate mini-batches are merged into the running averages). With
+one process and no asynchronous inverter every call is the plain local computation of
+K-FAC; this is the default.
 """
 
 from __future__ import annotations
