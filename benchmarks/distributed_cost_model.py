@@ -91,10 +91,10 @@ def main() -> None:
     parser.add_argument("--inter-gbs", type=float, default=40.0, help="GB/s per GPU across nodes")
     parser.add_argument("--alpha-us", type=float, default=20.0, help="latency per hop (us)")
     parser.add_argument("--inversion-c", type=float, default=5e-14, help="seconds per d^3")
-    parser.add_argument("--tflops", type=float, default=30.0, help="float32 GEMM TFLOP/s")
+    parser.add_argument("--tflops", type=float, default=50.0, help="float32 GEMM TFLOP/s")
     parser.add_argument("--stat-every", type=int, default=2)
     parser.add_argument("--inv-every", type=int, default=20)
-    parser.add_argument("--gpus", type=int, nargs="+", default=[8, 32, 64, 256])
+    parser.add_argument("--gpus", type=int, nargs="+", default=[8, 16, 64, 256])
     args = parser.parse_args()
     for name in MODELS:
         params, tracked, triangles, squares, cubes = step_costs(name, 8, args)["sizes"]
