@@ -77,3 +77,31 @@ def test_shards_are_equal_consecutive_rows_of_the_batch():
     parts = [shard(indices, World(rank, 3)).tolist() for rank in range(3)]
     assert parts == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
     assert shard(indices, World()) is indices
+
+
+def _rank_trains(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from natgrad.train import RunConfig, train
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    config = RunConfig("digits_mlp", "momentum", steps=6, eval_every=3, evaluate_test=False)
+    train(config, out_dir)
+    dist.destroy_process_group()
+
+
+def test_first_order_ranks_step_a_ddp_model_like_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    from natgrad.train import RunConfig, train
+
+    start = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    args = (2, str(tmp_path / "rendezvous"), str(tmp_path / "ranks"))
+    mp.start_processes(_rank_trains, args=args, nprocs=2, start_method=start)
+    config = RunConfig("digits_mlp", "momentum", steps=6, eval_every=3, evaluate_test=False)
+    train(config, tmp_path / "one")
+    ranks, one = _records(tmp_path / "ranks"), _records(tmp_path / "one")
+    assert [r["step"] for r in ranks] == [0, 3, 6]
+    for mine, theirs in zip(ranks[1:], one[1:], strict=True):
+        assert mine["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-5)
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-5)
