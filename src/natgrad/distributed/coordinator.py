@@ -104,6 +104,7 @@ class Coordinator:
         self.bucket_bytes = bucket_bytes
         self.calls = 0
         self.examples = 1
+        self.device = torch.device("cpu")
         self._owners: tuple[tuple, list[int]] | None = None
         self._specs: dict[int, list[tuple[str, tuple, torch.dtype]]] = {}
         self._scheduled: list[tuple[int, list[int]]] = []
@@ -127,8 +128,12 @@ class Coordinator:
         self, model: nn.Module, params: Sequence[Tensor], loss: Tensor, examples: int
     ) -> Tensor:
         """Average ``.grad`` of ``params`` over ranks, weighted by examples; the whole
-        batch's loss. A DistributedDataParallel model has averaged them already."""
+        batch's loss. A DistributedDataParallel model has averaged them already.
+
+        Without DDP, one host sync (whether each gradient exists on some rank).
+        """
         self.examples = examples if self.role != "statistics" else 0
+        self.device = loss.device
         if not self.distributed:
             return loss
         weight = float(self.examples)
@@ -142,17 +147,16 @@ class Coordinator:
             (total,) = all_reduce_sum([scalars], "the loss all-reduce", self.bucket_bytes)
             return (total[0] / total[1]).to(loss.dtype)
         present = [p.grad is not None for p in params]
-        flags = torch.tensor(present, dtype=torch.float32)
+        flags = torch.tensor(present, dtype=torch.float32, device=loss.device)
         grads = [p.grad.mul(weight) if p.grad is not None else torch.zeros_like(p) for p in params]
         reduced = all_reduce_sum(
-            [*grads, torch.cat([scalars.to(flags.device), flags])],
-            "the gradient all-reduce",
-            self.bucket_bytes,
+            [*grads, torch.cat([scalars, flags])], "the gradient all-reduce", self.bucket_bytes
         )
         totals = reduced[-1]
-        if float(totals[1]) == 0.0:
+        counts = totals[2:].tolist()
+        if counts and totals[1].item() == 0.0:
             raise ValueError("no rank has role 'both' or 'gradients': no gradients to average")
-        for param, grad, count in zip(params, reduced[:-1], totals[2:], strict=True):
+        for param, grad, count in zip(params, reduced[:-1], counts, strict=True):
             param.grad = None if count == 0 else grad.div_(totals[1].to(grad.device))
         return (totals[0] / totals[1]).to(loss.dtype)
 
@@ -177,7 +181,9 @@ class Coordinator:
         """
         if not self.distributed or not batch_factors:
             return batch_factors
-        present = torch.tensor([f is not None for f in batch_factors], dtype=torch.float32)
+        present = torch.tensor(
+            [f is not None for f in batch_factors], dtype=torch.float32, device=self.device
+        )
         (counts,) = all_reduce_sum([present], "the factor all-reduce", self.bucket_bytes)
         kept = [i for i, count in enumerate(counts.tolist()) if count == self.world.size]
         weight = float(examples) if self.role != "gradients" else 0.0
@@ -185,8 +191,7 @@ class Coordinator:
         for index in kept:
             factors = batch_factors[index]
             pieces += [upper_triangle(factors.A) * weight, upper_triangle(factors.G) * weight]
-        reference = pieces[0] if pieces else present
-        pieces.append(torch.full((1,), weight, device=reference.device))
+        pieces.append(torch.full((1,), weight, device=self.device))
         reduced = all_reduce_sum(pieces, "the factor all-reduce", self.bucket_bytes)
         total_weight = reduced[-1]
         if kept and float(total_weight) == 0.0:
