@@ -104,3 +104,14 @@ def test_one_process_coordinator_is_the_local_computation():
     assert coordinator.reduce_gradients(torch.nn.Linear(2, 2), [], loss, 4) is loss
     with pytest.raises(ValueError, match="precondition must be one of broadcast, gather"):
         Coordinator(World(), precondition="scatter")
+
+
+def test_refresh_cost_is_the_sum_of_cubes_of_the_factor_sizes():
+    from natgrad.distributed.coordinator import refresh_cost
+    from natgrad.precondition.kronecker import KroneckerPreconditioner
+
+    preconditioner = KroneckerPreconditioner()
+    assert refresh_cost(preconditioner) == 0.0
+    preconditioner.update(torch.eye(5), torch.eye(3), 0.0)
+    preconditioner.refresh(0.1)  # the decomposition's matrices do not count
+    assert refresh_cost(preconditioner) == 5**3 + 3**3

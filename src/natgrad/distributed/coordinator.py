@@ -43,6 +43,7 @@ from natgrad.distributed.comms import (
     upper_triangle,
 )
 from natgrad.distributed.inverter import Decompositions, Inverter, decompose_all
+from natgrad.precondition.kronecker import DECOMPOSITION_PREFIX
 
 PRECONDITION_MODES = ("broadcast", "gather")
 ROLES = ("both", "gradients", "statistics")
@@ -114,12 +115,11 @@ class Coordinator:
         return self.world.size > 1
 
     def owners(self, preconditioners: Sequence) -> list[int]:
-        """The rank that refreshes each layer: LPT on the factor sizes (a layer without
+        """The rank that refreshes each layer: LPT on the estimated costs (a layer without
         factors yet counts as free; the ranks agree since their factors are the same)."""
-        sizes = tuple(_factor_sizes(p) for p in preconditioners)
-        if self._owners is None or self._owners[0] != sizes:
-            costs = [inversion_cost(*size) for size in sizes]
-            self._owners = (sizes, assign_longest_first(costs, self.world.size))
+        costs = tuple(refresh_cost(p) for p in preconditioners)
+        if self._owners is None or self._owners[0] != costs:
+            self._owners = (costs, assign_longest_first(costs, self.world.size))
         return self._owners[1]
 
     # ------------------------------------------------------------ reductions
@@ -322,10 +322,19 @@ def _device_of(preconditioner) -> torch.device:
     return next(iter(preconditioner.state_dict().values())).device
 
 
-def _factor_sizes(preconditioner) -> tuple[int, int]:
+def refresh_cost(preconditioner) -> float:
+    """Estimated cost of refreshing a preconditioner: sum of d^3 over its square running
+    factors (d_A^3 + d_G^3 for a Kronecker layer; any other preconditioner type with
+    factors in its state_dict alike); 0 before it has factors."""
     if not preconditioner.has_factors:
-        return (0, 0)
-    return preconditioner.A.shape[0], preconditioner.G.shape[0]
+        return 0.0
+    return sum(
+        inversion_cost(tensor.shape[0], 0)
+        for key, tensor in preconditioner.state_dict().items()
+        if not key.startswith(DECOMPOSITION_PREFIX)
+        and tensor.dim() == 2
+        and tensor.shape[0] == tensor.shape[1]
+    )
 
 
 def default_coordinator() -> Coordinator:
