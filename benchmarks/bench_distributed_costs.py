@@ -1,10 +1,10 @@
 """Measured figures that calibrate docs/DISTRIBUTED.md's cost model, on this machine.
 
-1. Inversion: seconds of natgrad's damped Cholesky inverse of a d x d SPD factor for
-   several d (one thread), and the fitted constant c in t = c d^3.
+1. Inversion: seconds (best of 3) of natgrad's damped Cholesky inverse of a d x d SPD
+   factor for several d (one thread), and the fitted constant c in t = c d^3.
 2. Collectives: gloo all-reduce of n float32 values between ``--ranks`` local
-   processes for several n; the fitted latency alpha and bandwidth B in
-   t = alpha + 2 (N - 1) / N * 4 n / B (a ring all-reduce's volume).
+   processes for several n (best and median of 15); alpha and B of
+   t = alpha + 2 (N - 1) / N * 4 n / B (a ring all-reduce's volume) fitted to the best.
 3. Data-parallel K-FAC: the mean step time of fmnist_autoencoder's model with the
    ``kfac`` preset (``inv_every=5``) on one process with the whole batch and on
    ``--ranks`` gloo processes with a share each, and the bytes the coordinator moves
@@ -50,7 +50,7 @@ def inversion_times(repeats: int = 3) -> dict[int, float]:
             start = time.perf_counter()
             symmetric_inverse(factor)
             runs.append(time.perf_counter() - start)
-        times[d] = statistics.median(runs)
+        times[d] = min(runs)
     return times
 
 
@@ -92,12 +92,12 @@ def rank_main(rank: int, world: int, init_file: str, out_file: str, batch: int, 
         buffer = torch.randn(count)
         dist.all_reduce(buffer)
         runs = []
-        for _ in range(5):
+        for _ in range(15):
             dist.barrier()
             start = time.perf_counter()
             dist.all_reduce(buffer)
             runs.append(time.perf_counter() - start)
-        allreduce[count] = statistics.median(runs)
+        allreduce[count] = (min(runs), statistics.median(runs))
     from natgrad.data import load_splits
 
     images = load_splits("fashion-mnist").train_x[:batch].flatten(1).float()
@@ -156,12 +156,12 @@ def main() -> None:
         with open(out_file) as stream:
             ranks = json.load(stream)
     collective_times = {int(k): v for k, v in ranks["allreduce_s"].items()}
-    alpha, bandwidth = fit_collective(collective_times, args.ranks)
+    alpha, bandwidth = fit_collective({k: v[0] for k, v in collective_times.items()}, args.ranks)
     report = {
         "load_average": [load_start, os.getloadavg()[0]],
         "inversion_s": inversion,
         "inversion_c_s_per_d3": fit_cubic(inversion),
-        "allreduce_s": collective_times,
+        "allreduce_s_min_median": collective_times,
         "allreduce_alpha_s": alpha,
         "allreduce_bandwidth_bytes_per_s": bandwidth,
         "kfac_step_s": {"1 process": one_process_s, f"{args.ranks} ranks": ranks["step_s"]},
