@@ -65,41 +65,60 @@ def all_reduce_sum(
 ) -> list[Tensor]:
     """Elementwise sums over ranks of ``tensors`` (new tensors, same shapes), bucketed.
 
-    Every bucket's all-reduce is started before the first is waited for, so the
-    transfers of later buckets overlap the copies of earlier ones.
+    Each bucket's all-reduce starts as soon as it is packed, so packing later buckets
+    overlaps the transfer of earlier ones; results are views into the reduced buffers.
     """
     groups = buckets(tensors, bucket_bytes)
-    flats = [torch.cat([tensors[i].reshape(-1) for i in group]) for group in groups]
+    flats, works = [], []
     with collective(what):
-        works = [dist.all_reduce(flat, async_op=True) for flat in flats]
+        for group in groups:
+            flats.append(torch.cat([tensors[i].reshape(-1) for i in group]))
+            works.append(dist.all_reduce(flats[-1], async_op=True))
         for work in works:
             work.wait()
     results: list[Tensor] = [None] * len(tensors)  # type: ignore[list-item]
     for group, flat in zip(groups, flats, strict=True):
-        for index, piece in zip(
-            group, unflatten(flat, [tensors[i].shape for i in group]), strict=True
-        ):
+        shapes = [tensors[i].shape for i in group]
+        for index, piece in zip(group, unflatten(flat, shapes), strict=True):
             results[index] = piece
     return results
 
 
 def broadcast_from(tensors: Sequence[Tensor], src: int, what: str) -> list[Tensor]:
-    """``tensors`` of rank ``src`` on every rank (one packed broadcast per dtype run).
+    """``tensors`` of rank ``src`` on every rank (one packed broadcast per dtype run)."""
+    return broadcast_each([(tensors, src)], what)[0]
+
+
+def broadcast_each(sends: Sequence[tuple[Sequence[Tensor], int]], what: str) -> list[list[Tensor]]:
+    """For each (tensors, src): the tensors of rank ``src`` on every rank, new tensors.
 
     The other ranks pass tensors of the right shapes and dtypes (their contents are
-    ignored); the results are new tensors.
+    ignored, nothing is copied from them). All broadcasts are started before the first
+    is waited for, so those of different sources overlap.
     """
-    if not tensors:
-        return []
-    results: list[Tensor] = [None] * len(tensors)  # type: ignore[list-item]
-    for group in buckets(tensors, bucket_bytes=2**62):
-        flat = torch.cat([tensors[i].reshape(-1) for i in group])
-        with collective(what):
-            dist.broadcast(flat, src=src)
-        for index, piece in zip(
-            group, unflatten(flat, [tensors[i].shape for i in group]), strict=True
-        ):
-            results[index] = piece
+    rank = dist.get_rank()
+    flats, works = [], []
+    with collective(what):
+        for tensors, src in sends:
+            for group in buckets(tensors, bucket_bytes=2**62) if tensors else []:
+                if rank == src:
+                    flat = torch.cat([tensors[i].reshape(-1) for i in group])
+                else:
+                    first = tensors[group[0]]
+                    count = sum(tensors[i].numel() for i in group)
+                    flat = torch.empty(count, dtype=first.dtype, device=first.device)
+                works.append(dist.broadcast(flat, src=src, async_op=True))
+                flats.append(flat)
+        for work in works:
+            work.wait()
+    results: list[list[Tensor]] = [[None] * len(tensors) for tensors, _ in sends]  # type: ignore[misc]
+    received = iter(flats)
+    for send_index, (tensors, _) in enumerate(sends):
+        for group in buckets(tensors, bucket_bytes=2**62) if tensors else []:
+            flat = next(received)
+            shapes = [tensors[i].shape for i in group]
+            for index, piece in zip(group, unflatten(flat, shapes), strict=True):
+                results[send_index][index] = piece
     return results
 
 
@@ -176,6 +195,7 @@ __all__ = [
     "buckets",
     "all_reduce_sum",
     "broadcast_from",
+    "broadcast_each",
     "any_rank",
     "mean_over_ranks",
     "from_rank_zero",

@@ -37,7 +37,7 @@ from natgrad.distributed.assignment import assign_longest_first, inversion_cost
 from natgrad.distributed.comms import (
     BUCKET_BYTES,
     all_reduce_sum,
-    broadcast_from,
+    broadcast_each,
     collective,
     symmetric_from_upper,
     upper_triangle,
@@ -255,12 +255,10 @@ class Coordinator:
         unknown = [i for i in installing if i not in self._specs]
         if unknown:
             self._learn_specs(results, unknown)
-        exchanged: Decompositions = {}
+        sends, keys = [], []
         for src in range(self.world.size):
             layers = [i for i in installing if owners[i] == src]
-            if not layers:
-                continue
-            tensors, keys = [], []
+            tensors, send_keys = [], []
             for index in layers:
                 device = _device_of(preconditioners[index])
                 for key, shape, dtype in self._specs[index]:
@@ -268,9 +266,13 @@ class Coordinator:
                         tensors.append(results[index][key])
                     else:
                         tensors.append(torch.empty(shape, dtype=dtype, device=device))
-                    keys.append((index, key))
-            received = broadcast_from(tensors, src, "the inverse broadcast")
-            for (index, key), tensor in zip(keys, received, strict=True):
+                    send_keys.append((index, key))
+            sends.append((tensors, src))
+            keys.append(send_keys)
+        exchanged: Decompositions = {}
+        received = broadcast_each(sends, "the inverse broadcast")
+        for send_keys, tensors in zip(keys, received, strict=True):
+            for (index, key), tensor in zip(send_keys, tensors, strict=True):
                 exchanged.setdefault(index, {})[key] = tensor
         return exchanged
 
@@ -299,17 +301,22 @@ class Coordinator:
                 for p, V in zip(preconditioners, grads, strict=True)
             ]
         owners = self.owners(preconditioners)
-        proposals: list[Tensor | None] = [None] * len(grads)
+        sends, layers_by_src = [], []
         for src in range(self.world.size):
             layers = [i for i, V in enumerate(grads) if V is not None and owners[i] == src]
-            if not layers:
-                continue
             if src == self.world.rank:
                 tensors = [preconditioners[i].apply(grads[i], gamma) for i in layers]
             else:
-                tensors = [torch.empty(grads[i].shape, device=grads[i].device) for i in layers]
-            received = broadcast_from(tensors, src, "the preconditioned-gradient gather")
-            for index, tensor in zip(layers, received, strict=True):
+                tensors = [
+                    torch.empty(grads[i].shape, dtype=torch.float32, device=grads[i].device)
+                    for i in layers
+                ]
+            sends.append((tensors, src))
+            layers_by_src.append(layers)
+        proposals: list[Tensor | None] = [None] * len(grads)
+        received = broadcast_each(sends, "the preconditioned-gradient gather")
+        for layers, tensors in zip(layers_by_src, received, strict=True):
+            for index, tensor in zip(layers, tensors, strict=True):
                 proposals[index] = tensor
         return proposals
 
