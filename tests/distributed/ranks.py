@@ -27,7 +27,11 @@ STEPS = 6
 BASE = dict(lr=0.2, momentum=0.5, damping=0.05, weight_decay=1e-3, inv_every=2, stat_decay=0.9)
 CASES = {
     # name: (KFAC options, coordinator options, wrap the model in DDP)
-    "exact_broadcast_ddp": (dict(fisher="exact"), dict(precondition="broadcast"), True),
+    "exact_broadcast_ddp_damping_rule": (
+        dict(fisher="exact", adapt_damping=True, damping_config=DampingConfig(interval=2)),
+        dict(precondition="broadcast"),
+        True,
+    ),
     "empirical_gather_eigen": (
         dict(fisher="empirical", inverse="eigen"),
         dict(precondition="gather"),
