@@ -24,6 +24,11 @@ gradients and runs the backward passes itself. K-FAC's own forwards (statistics
 sub-batch, damping rule) leave the model's buffers as the closure's forward left them.
 Host syncs: one per statistics step (the finiteness check), the Cholesky/eigen calls
 of an inverse step, and one per damping adaptation; the plain step has none.
+
+On several ranks (``natgrad.distributed``; picked up from an initialized process
+group) the coordinator averages the gradients (unless DistributedDataParallel did),
+the batch factors and the losses over ranks, and decides which rank refreshes which
+layer's inverse and when it is swapped in; docs/DISTRIBUTED.md.
 """
 
 from __future__ import annotations
@@ -230,7 +235,8 @@ class KFAC(torch.optim.Optimizer):
     # ------------------------------------------------------------ the step
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
-        """One K-FAC update; returns the closure's loss (detached tensor, no host sync)."""
+        """One K-FAC update; returns the closure's loss (detached tensor, no host sync), on
+        several ranks the loss of the whole batch."""
         if closure is None:
             raise ValueError("KFAC.step needs a closure returning (loss, outputs)")
         group = self.param_groups[0]
