@@ -53,7 +53,24 @@ CASES = {
         dict(precondition="broadcast", staleness=1),
         False,
     ),
+    # a layer that joins at step 4 changes the assignment while a refresh is in flight
+    "late_layer_async": (dict(fisher="exact"), dict(staleness=1), False),
 }
+
+
+class LateBranch(nn.Module):
+    """The test MLP plus a side branch that the forward uses from its 4th call on."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        # the side branch's first layer (factors 7 and 16) costs the most: its arrival
+        # reorders the whole longest-first assignment
+        self.body, self.calls = body, 0
+        self.side = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.body(x) + self.side(x) if self.calls > 3 else self.body(x)
 
 
 # ranks 0 and 1 compute the gradients of the two halves of the batch, rank 2 only the
@@ -82,6 +99,8 @@ def run_case(name: str, rank: int, world_size: int) -> list[torch.Tensor]:
     """The parameters after STEPS steps of case ``name`` on this rank's shard."""
     options, coordinator_options, wrap = ROLES_CASE if name == "roles" else CASES[name]
     model, inputs, targets = model_and_batch()
+    if name == "late_layer_async":
+        model = LateBranch(model)
     if name == "roles" and world_size == 3:
         role = "statistics" if rank == 2 else "gradients"
         coordinator_options = {**coordinator_options, "role": role}

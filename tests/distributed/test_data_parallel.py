@@ -59,7 +59,8 @@ def test_parameters_move_so_the_equality_is_not_vacuous(references):
 
     initial = list(model_and_batch()[0].parameters())
     for name, result in references.items():
-        moved = max((p - q).abs().max() for p, q in zip(result[:-1], initial, strict=True))
+        params = result[: len(initial)]
+        moved = max((p - q).abs().max() for p, q in zip(params, initial, strict=True))
         assert moved > 1e-2, name
 
 

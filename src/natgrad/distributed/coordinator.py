@@ -108,7 +108,7 @@ class Coordinator:
         self.device = torch.device("cpu")
         self._owners: tuple[tuple, list[int]] | None = None
         self._specs: dict[int, list[tuple[str, tuple, torch.dtype]]] = {}
-        self._scheduled: list[tuple[int, list[int]]] = []
+        self._scheduled: list[tuple[int, dict[int, int]]] = []
 
     @property
     def distributed(self) -> bool:
@@ -231,33 +231,30 @@ class Coordinator:
         first = [i for i in due if not preconditioners[i].ready]
         later = [i for i in due if preconditioners[i].ready]
         self.inverter.submit(step, {i: preconditioners[i] for i in later if i in mine}, gamma)
-        if later:
-            self._scheduled.append((self.inverter.install_step(step), later))
+        if later:  # who computes them is fixed now, even if the assignment changes later
+            senders = {i: owners[i] for i in later}
+            self._scheduled.append((self.inverter.install_step(step), senders))
         results = self.inverter.due(step)
         results.update(decompose_all({i: preconditioners[i] for i in first if i in mine}, gamma))
-        installing = set(first)
+        installing = {i: owners[i] for i in first}
         while self._scheduled and self._scheduled[0][0] <= step:
             installing.update(self._scheduled.pop(0)[1])
         if self.distributed and everywhere and installing:
-            results = self._exchange(preconditioners, results, sorted(installing), owners)
+            results = self._exchange(preconditioners, results, installing)
         for index, decomposition in results.items():
             preconditioners[index].install(decomposition)
 
     def _exchange(
-        self,
-        preconditioners: Sequence,
-        results: Decompositions,
-        installing: list[int],
-        owners: list[int],
+        self, preconditioners: Sequence, results: Decompositions, installing: dict[int, int]
     ) -> Decompositions:
-        """The decompositions of the layers in ``installing`` on every rank, each sent by
-        its owner: one packed broadcast per rank that owns some."""
-        unknown = [i for i in installing if i not in self._specs]
+        """The decompositions of the layers in ``installing`` (layer -> the rank that
+        computed it) on every rank: one packed broadcast per such rank."""
+        unknown = sorted(i for i in installing if i not in self._specs)
         if unknown:
             self._learn_specs(results, unknown)
         sends, keys = [], []
         for src in range(self.world.size):
-            layers = [i for i in installing if owners[i] == src]
+            layers = sorted(i for i, sender in installing.items() if sender == src)
             tensors, send_keys = [], []
             for index in layers:
                 device = _device_of(preconditioners[index])
