@@ -146,8 +146,11 @@ def equality_worker(rank: int, world_size: int, init_file: str, out_file: str) -
     dist.destroy_process_group()
 
 
-def dying_worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:
-    """Rank 1 dies after two steps; rank 0 keeps stepping and must stop with RankFailure."""
+def dying_worker(
+    rank: int, world_size: int, init_file: str, out_file: str, hang: bool = False
+) -> None:
+    """Rank 1 dies (or hangs) after two steps; rank 0 keeps stepping and must stop with
+    RankFailure: at once when the connection drops, after the 5 s timeout for a hang."""
     join(init_file, rank, world_size, 5)
     model, inputs, targets = model_and_batch()
     opt = KFAC(model, likelihood="categorical", fisher="exact", **BASE)
@@ -160,6 +163,8 @@ def dying_worker(rank: int, world_size: int, init_file: str, out_file: str) -> N
     try:
         for step in range(1000):
             if rank == 1 and step == 2:
+                if hang:
+                    time.sleep(600)
                 os._exit(3)
             opt.step(closure)
     except RankFailure as failure:
