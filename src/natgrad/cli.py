@@ -64,15 +64,43 @@ def add_train_parser(commands) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print the summary as JSON (default: a text line)"
     )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="data-parallel ranks on this machine, launched with torchrun; each takes "
+        "1/N of every batch (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="with several ranks: a rank waiting this long for the others stops "
+        "(default: %(default)s)",
+    )
     parser.set_defaults(handler=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from natgrad.distributed import launch
+
+    config = train_config(args)
+    if launch.launched_by_torchrun():
+        return train_on_this_rank(args, config)
+    if args.nproc < 1:
+        raise UsageError(f"--nproc must be an integer >= 1, got {args.nproc}")
+    if args.nproc > 1:
+        return launch_ranks(args, config)
+    return train_and_report(args, config)
+
+
+def train_config(args: argparse.Namespace):
     from natgrad.optim.registry import get_optimizer_spec, parse_assignments
-    from natgrad.train import RunConfig, train
+    from natgrad.train import RunConfig
 
     spec = get_optimizer_spec(args.optimizer)
-    config = RunConfig(
+    return RunConfig(
         workload=args.workload,
         optimizer=args.optimizer,
         steps=args.steps,
@@ -84,7 +112,39 @@ def run_train(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         device=args.device,
     )
+
+
+def launch_ranks(args: argparse.Namespace, config) -> int:
+    """Check everything a rank would refuse, then start ``--nproc`` ranks with torchrun."""
+    from natgrad.distributed import launch
+    from natgrad.optim.registry import get_optimizer_spec
+    from natgrad.train.runner import check_run_folder, check_shardable
+
+    if args.dist_timeout <= 0:
+        raise UsageError(f"--dist-timeout must be > 0 seconds, got {args.dist_timeout}")
+    resolved = config.resolved()
+    check_shardable(resolved, get_optimizer_spec(config.optimizer), args.nproc)
+    check_run_folder(Path(args.out), resolved, args.resume, args.overwrite)
+    return launch.launch(args.nproc, args.argv)  # each rank sees torchrun's variables
+
+
+def train_on_this_rank(args: argparse.Namespace, config) -> int:
+    """One rank of a torchrun launch: join the process group, train, leave."""
+    from natgrad.distributed import launch
+
+    launch.join_process_group(launch.rank_device(config.device), args.dist_timeout)
+    try:
+        return train_and_report(args, config, quiet=launch.environment_rank() != 0)
+    finally:
+        launch.leave_process_group()
+
+
+def train_and_report(args: argparse.Namespace, config, quiet: bool = False) -> int:
+    from natgrad.train import train
+
     result = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=True)
+    if quiet:
+        return {"completed": 0, "diverged": 0, "interrupted": 130}[result.status]
     summary = {"status": result.status, "step": result.step, "final": result.final}
     if result.diverged_at_step is not None:
         summary["diverged_at_step"] = result.diverged_at_step
@@ -320,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
+    from natgrad.distributed import RankFailure
     from natgrad.train.runner import RunFolderError
 
     try:
@@ -328,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, UsageError, RunFolderError, OSError) as error:
         print(f"natgrad {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RankFailure as failure:
+        print(f"natgrad {args.command}: {failure}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as interrupt:
         # Commands that keep partial work say what was kept (tune, compare).
         text = str(interrupt) if str(interrupt).startswith("interrupted") else "interrupted"

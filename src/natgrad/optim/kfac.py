@@ -24,6 +24,11 @@ gradients and runs the backward passes itself. K-FAC's own forwards (statistics
 sub-batch, damping rule) leave the model's buffers as the closure's forward left them.
 Host syncs: one per statistics step (the finiteness check), the Cholesky/eigen calls
 of an inverse step, and one per damping adaptation; the plain step has none.
+
+On several ranks (``natgrad.distributed``; picked up from an initialized process
+group) the coordinator averages the gradients (unless DistributedDataParallel did),
+the batch factors and the losses over ranks, and decides which rank refreshes which
+layer's inverse and when it is swapped in; docs/DISTRIBUTED.md.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from natgrad.curvature.doubly_factored import check_matrix_shape
 from natgrad.curvature.kronecker import all_finite, ema_decay
 from natgrad.curvature.likelihoods import get_likelihood
 from natgrad.curvature.statistics import LayerFactors, StatisticsCollector, no_autocast
+from natgrad.distributed.coordinator import Coordinator, default_coordinator
 from natgrad.optim.closure import closure_result
 from natgrad.optim.kfac_config import (
     DOUBLY_FACTORED_MIN_INPUTS,
@@ -119,6 +125,8 @@ class KFAC(torch.optim.Optimizer):
             are not in tracked layers; default natgrad.optim.Momentum.
     """
 
+    _coordinator: Coordinator | None = None
+
     def __init__(
         self,
         model: nn.Module,
@@ -176,6 +184,20 @@ class KFAC(torch.optim.Optimizer):
         self.steps = 0
         self.stat_updates = 0
         self.skipped_statistics = 0
+
+    @property
+    def coordinator(self) -> Coordinator:
+        """Who computes what across ranks (natgrad.distributed): on first use, data-parallel
+        over the initialized process group, else the local computation. Assign a
+        ``Coordinator`` before the first step for other choices (gather, async inverses)."""
+        if self._coordinator is None:
+            self.coordinator = default_coordinator()
+        return self._coordinator
+
+    @coordinator.setter
+    def coordinator(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+        self.quadratic_model.reduce_mean = coordinator.reduce_mean
 
     @classmethod
     def from_preset(cls, name: str, model: nn.Module, **overrides) -> KFAC:
@@ -235,19 +257,23 @@ class KFAC(torch.optim.Optimizer):
     # ------------------------------------------------------------ the step
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
-        """One K-FAC update; returns the closure's loss (detached tensor, no host sync)."""
+        """One K-FAC update; returns the closure's loss (detached tensor, no host sync), on
+        several ranks the loss of the whole batch."""
         if closure is None:
             raise ValueError("KFAC.step needs a closure returning (loss, outputs)")
         group = self.param_groups[0]
         for p in group["params"]:
             p.grad = None
         stats_due = bool(self.layers) and self.steps % self.stat_every == 0
-        loss, _, batch_inputs, batch_factors = self.statistics.forward_backward(
+        loss, outputs, batch_inputs, batch_factors = self.statistics.forward_backward(
             lambda: closure_result(closure, "KFAC"), stats_due
         )
         self.steps += 1  # counted once the closure kept its contract
         with torch.no_grad(), no_autocast(loss):
+            examples = outputs.shape[0] if outputs.dim() > 0 else 1
+            loss = self.coordinator.reduce_gradients(self.model, group["params"], loss, examples)
             if batch_factors is not None:
+                batch_factors = self.coordinator.reduce_factors(batch_factors, examples)
                 self.update_statistics(batch_factors)
             gamma = damping_gamma(group["damping"], group["weight_decay"])
             self.update_inverses(gamma, force=(self.steps - 1) % self.inv_every == 0)
@@ -287,6 +313,7 @@ class KFAC(torch.optim.Optimizer):
         """Levenberg-Marquardt on rho = (h(theta + d) - h(theta)) / (M(d) - M(0)); one host sync."""
         with torch.no_grad(), buffers_restored(self.model):
             new_loss, _ = closure_result(closure, "KFAC", needs_grad=False)
+            new_loss = self.coordinator.reduce_mean(new_loss.detach().float())
         actual = new_loss.detach().float() - loss.detach().float() + penalty
         group["damping"], self.last_rho = self.damping_rule.adapt(
             group["damping"], actual, predicted
@@ -331,10 +358,9 @@ class KFAC(torch.optim.Optimizer):
         return self.preconditioners[index]
 
     def update_inverses(self, gamma: float, force: bool) -> None:
-        """Refresh every layer's decomposition when ``force``d, or when none exists yet."""
-        for preconditioner in self.preconditioners:
-            if preconditioner.has_factors and (force or not preconditioner.ready):
-                preconditioner.refresh(gamma)
+        """Refresh every layer's decomposition when ``force``d, or when none exists yet
+        (on the rank and at the step the coordinator decides)."""
+        self.coordinator.refresh_inverses(self.preconditioners, gamma, force)
 
     # ------------------------------------------------------------ preconditioning
 
@@ -363,10 +389,7 @@ class KFAC(torch.optim.Optimizer):
 
     def precondition(self, grads: list[Tensor | None], gamma: float) -> list[Tensor | None]:
         """U = (G + gamma/pi I)^{-1} V (A + pi gamma I)^{-1} per layer (V before any factors)."""
-        return [
-            None if V is None else preconditioner.apply(V, gamma)
-            for preconditioner, V in zip(self.preconditioners, grads, strict=True)
-        ]
+        return self.coordinator.precondition(self.preconditioners, grads, gamma)
 
     def _flat(self, matrices: list[Tensor | None]) -> list[Tensor]:
         """Per-layer matrices as a list shaped like the trainable parameters (zeros elsewhere)."""

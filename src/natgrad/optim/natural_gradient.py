@@ -376,6 +376,7 @@ register_optimizer(
         factory=_build,
         hyperparameters=_HYPERPARAMETERS + SCHEDULE_HYPERPARAMETERS,
         second_order=True,
+        data_parallel=False,  # its dense curvature is of the local batch only
     )
 )
 

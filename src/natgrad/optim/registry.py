@@ -54,6 +54,8 @@ class OptimizerSpec:
     factory: OptimizerFactory
     hyperparameters: tuple[Hyperparameter, ...] = field(default_factory=tuple)
     second_order: bool = False
+    # N ranks on shards of a batch, gradients averaged, step as one process on the batch
+    data_parallel: bool = True
 
     def defaults(self) -> dict[str, HyperValue]:
         return {h.name: h.default for h in self.hyperparameters}
