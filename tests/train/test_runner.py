@@ -190,7 +190,7 @@ def test_existing_folder_is_left_alone(tmp_path: Path, capsys) -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--workload", "nope", "--optimizer", "sgd"], "valid: digits_logreg"),
+        (["--workload", "nope", "--optimizer", "sgd"], "valid: digits_cnn, digits_logreg"),
         (["--workload", "digits_mlp", "--optimizer", "nope"], "valid: adam"),
         (["--workload", "digits_mlp", "--optimizer", "adam", "--set", "gamma=1"], "valid: beta1"),
         (["--workload", "digits_mlp", "--optimizer", "adam", "--set", "lr=-1"], "lr"),

@@ -443,6 +443,8 @@ class Run:
     def record_evaluation(self) -> dict:
         record = self.measure()
         self.state.loss_sum, self.state.loss_count = 0.0, 0
+        if not record:  # a rank other than 0: it neither evaluates nor keeps the history
+            return record
         self.history.append(record)
         if self.writes:
             with (self.out_dir / "metrics.jsonl").open("a") as stream:
@@ -454,6 +456,8 @@ class Run:
         taken there, else measured now (a diverged or interrupted run stops between
         evaluations; that measurement is not added to metrics.jsonl, so a resumed run
         keeps the evaluation schedule of an uninterrupted one)."""
+        if self.world.rank != 0:
+            return {}
         if self.history and self.history[-1]["step"] == self.state.step:
             final = dict(self.history[-1])
         else:
