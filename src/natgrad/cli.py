@@ -146,20 +146,27 @@ def add_experiment_parser(commands) -> None:
     parser.add_argument("name", nargs="?", help="experiment name (omit to list them)")
     parser.add_argument("--out", help="output folder (default: runs/NAME)")
     parser.add_argument("--quick", action="store_true", help="a smaller, faster version")
+    from natgrad.experiments.registry import every_option
+
+    for option in every_option().values():
+        parser.add_argument(option.flag, type=option.type, help=option.help)
     parser.set_defaults(handler=run_experiment)
 
 
 def run_experiment(args: argparse.Namespace) -> int:
-    from natgrad.experiments.registry import EXPERIMENTS, get_experiment
+    from natgrad.experiments.registry import EXPERIMENTS, chosen_options, every_option
 
     if args.name is None:
         for experiment in EXPERIMENTS.values():
             print(f"{experiment.name:28s} {experiment.description}")
         return 0
-    experiment = get_experiment(args.name)
+    experiment = EXPERIMENTS.lookup(args.name)
+    values = {option.dest: getattr(args, option.dest) for option in every_option().values()}
+    options = chosen_options(experiment, values)
     out_dir = Path(args.out or f"runs/{args.name}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = experiment.run(out_dir, args.quick)
+    if not experiment.options:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    results = experiment.run(out_dir, args.quick, **options)
     print(json.dumps(_without_long_lists(results), indent=2, sort_keys=True, default=str))
     print(f"figures and results.json (with every curve) in {out_dir}")
     return 0

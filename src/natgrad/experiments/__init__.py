@@ -8,6 +8,8 @@ from natgrad.experiments import (
     ill_conditioned_quadratic,  # noqa: E402, F401, I001
     kfac_vs_sgd,  # noqa: E402, F401
     plateau,  # noqa: E402, F401
+    nqm,  # noqa: E402, F401
+    batch_scaling,  # noqa: E402, F401
 )
 from natgrad.experiments.registry import (
     EXPERIMENTS,

@@ -38,7 +38,12 @@ from pathlib import Path
 
 import numpy as np
 
-from natgrad.experiments.registry import Experiment, register_experiment, write_results
+from natgrad.experiments.registry import (
+    PRESET_OPTION,
+    Experiment,
+    register_experiment,
+    write_results,
+)
 from natgrad.experiments.scaling import critical_batch_size, examples_to_target
 
 NQM_OPTIMIZERS: dict[str, dict] = {
@@ -332,6 +337,7 @@ register_experiment(
         name="nqm",
         description="noisy quadratic model: critical batch size of SGD, momentum, Adam, K-FAC",
         run=run,
+        options=(PRESET_OPTION,),
     )
 )
 

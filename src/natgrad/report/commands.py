@@ -9,9 +9,11 @@ from pathlib import Path
 
 def add_report_parser(commands) -> None:
     parser = commands.add_parser(
-        "report", help="write report.md, report.html and figures of a `natgrad compare` folder"
+        "report",
+        help="write report.md, report.html and figures of a `natgrad compare` folder "
+        "(or of `natgrad experiment nqm|batch-scaling`)",
     )
-    parser.add_argument("folder", help="the --out folder of `natgrad compare`")
+    parser.add_argument("folder", help="the --out folder of `natgrad compare` or the experiment")
     parser.set_defaults(handler=run_report)
 
 
@@ -30,7 +32,10 @@ def load_results(folder: Path) -> dict:
 
 def run_report(args: argparse.Namespace) -> int:
     from natgrad.report.document import write_report
+    from natgrad.report.scaling import is_scaling_results, write_scaling_report
 
-    written = write_report(load_results(Path(args.folder)), Path(args.folder))
+    results = load_results(Path(args.folder))
+    write = write_scaling_report if is_scaling_results(results) else write_report
+    written = write(results, Path(args.folder))
     print(f"report: {written['markdown']} and {written['html']}")
     return 0

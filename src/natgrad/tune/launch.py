@@ -88,25 +88,30 @@ def format_seconds(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def _worker_main(url: str, spec_dicts: list[dict], trials: int) -> None:
+def _worker_main(url: str, specs: list[StudySpec], trials: int, runner=None) -> None:
     import torch
 
     torch.set_num_threads(1)
     try:
-        work(url, [StudySpec(**spec) for spec in spec_dicts], trials)
+        work(url, specs, trials, runner=runner)
     except KeyboardInterrupt:
         sys.exit(130)
 
 
-def spawn_workers(url: str, specs: list[StudySpec], trials: int, workers: int) -> list:
-    """Start ``workers`` spawned processes running :func:`work` with one thread each."""
+def spawn_workers(
+    url: str, specs: list[StudySpec], trials: int, workers: int, runner=None
+) -> list:
+    """Start ``workers`` spawned processes running :func:`work` with one thread each.
+
+    ``specs`` (dataclasses) and ``runner`` (a module-level function) are pickled.
+    """
     context = multiprocessing.get_context("spawn")
     previous = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     try:
         processes = [
             context.Process(
-                target=_worker_main, args=(url, [s.attrs() for s in specs], trials), daemon=False
+                target=_worker_main, args=(url, list(specs), trials, runner), daemon=False
             )
             for _ in range(workers)
         ]
@@ -122,18 +127,26 @@ def spawn_workers(url: str, specs: list[StudySpec], trials: int, workers: int) -
 
 
 def run_studies(
-    url: str, specs: list[StudySpec], trials: int, workers: int = 1, progress: bool = True
+    url: str,
+    specs: list[StudySpec],
+    trials: int,
+    workers: int = 1,
+    progress: bool = True,
+    runner=None,
 ) -> list[optuna.Study]:
-    """Bring every study of ``specs`` to ``trials`` trials, with ``workers`` processes."""
+    """Bring every study of ``specs`` to ``trials`` trials, with ``workers`` processes.
+
+    ``runner`` replaces :func:`natgrad.tune.study.run_trial` (see :func:`work`).
+    """
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     studies = prepare_studies(url, specs, trials)
     monitor = StudyProgress(studies, specs, trials, enabled=progress)
     monitor.report()
     if workers == 1:
-        work(url, specs, trials, on_trial=monitor.report)
+        work(url, specs, trials, on_trial=monitor.report, runner=runner)
         return studies
-    processes = spawn_workers(url, specs, trials, workers)
+    processes = spawn_workers(url, specs, trials, workers, runner)
     try:
         while any(process.is_alive() for process in processes):
             time.sleep(POLL_INTERVAL_S)

@@ -374,15 +374,25 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec) -> str:
     return status
 
 
+TrialRunner = Callable[[optuna.Study, optuna.Trial, StudySpec], str]
+
+
 def work(
-    url: str, specs: list[StudySpec], trials: int, on_trial: Callable[[], None] | None = None
+    url: str,
+    specs: list[StudySpec],
+    trials: int,
+    on_trial: Callable[[], None] | None = None,
+    runner: TrialRunner | None = None,
 ) -> int:
     """Claim and run waiting trials of ``specs`` (in order) until none is left; returns the count.
 
     Several processes (or machines sharing a server) may run this at once on the same
     studies. A trial interrupted by a signal is recorded (its point is enqueued again
     on the next run) and then KeyboardInterrupt is raised, so callers stop too.
+    ``runner`` (default :func:`run_trial`) trains a claimed trial, tells the study and
+    returns the trial's status; experiments with another objective pass their own.
     """
+    runner = runner or run_trial
     studies = [open_study(url, spec) for spec in specs]
     done = 0
     while True:
@@ -395,7 +405,7 @@ def work(
                     break
         if claimed is None:
             return done
-        status = run_trial(*claimed)
+        status = runner(*claimed)
         done += 1
         if on_trial is not None:
             on_trial()
