@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from natgrad.experiments.registry import (
@@ -62,6 +65,7 @@ from natgrad.workloads import get_workload
 SPACE_NAME = "batch-scaling"
 METRICS = ("val_error", "val_loss")
 FIXED = {"schedule": "constant"}
+DIVERGENCE_FACTOR = 1e3  # a mini-batch loss this many times the first one is a divergence
 
 # Learning rate and each optimizer's key hyperparameter; constant schedules, so that a
 # trial's steps to the target do not depend on its budget.
@@ -72,14 +76,14 @@ SCALING_SPACES: dict[str, SearchSpace] = {
     "momentum": SearchSpace(
         "momentum",
         SPACE_NAME,
-        (Dimension("lr", "log", 1e-4, 3.0), Dimension("momentum", "log1m", 0.5, 0.995)),
+        (Dimension("lr", "log", 1e-3, 3.0), Dimension("momentum", "log1m", 0.5, 0.99)),
         dict(FIXED),
         "lr and 1 - momentum on log scales",
     ),
     "nesterov": SearchSpace(
         "nesterov",
         SPACE_NAME,
-        (Dimension("lr", "log", 1e-4, 3.0), Dimension("momentum", "log1m", 0.5, 0.995)),
+        (Dimension("lr", "log", 1e-3, 3.0), Dimension("momentum", "log1m", 0.5, 0.99)),
         dict(FIXED),
         "lr and 1 - momentum on log scales",
     ),
@@ -169,6 +173,11 @@ class Attempt:
     reason: str = ""
 
 
+@torch.no_grad()
+def produces_finite_outputs(model: torch.nn.Module, inputs: torch.Tensor) -> bool:
+    return bool(torch.isfinite(model(inputs)).all())
+
+
 def train_to_target(spec: ScalingStudySpec, hyperparameters: dict) -> Attempt:
     """Train until the validation metric is <= the target, the budget ends or it diverges."""
     workload = get_workload(spec.workload)
@@ -187,12 +196,20 @@ def train_to_target(spec: ScalingStudySpec, hyperparameters: dict) -> Attempt:
     key = spec.target_metric.removeprefix("val_")
     attempt = Attempt()
     checkpoints = set(evaluation_steps(spec.steps, spec.eval_ratio))
+    first_loss = None
     for step in range(1, spec.steps + 1):
         indices = sampler.indices(step - 1)
         inputs, targets = data.train.inputs[indices], data.train.targets[indices]
-        loss = float(train_step(model, workload, optimizer_spec, optimizer, inputs, targets))
+        try:
+            loss = float(train_step(model, workload, optimizer_spec, optimizer, inputs, targets))
+        except RuntimeError as error:  # e.g. K-FAC sampling targets from non-finite outputs
+            if produces_finite_outputs(model, inputs):
+                raise
+            attempt.status, attempt.reason = "diverged", f"non-finite outputs: {error}"
+            return attempt
         scheduler.step()
-        if not math.isfinite(loss):
+        first_loss = loss if first_loss is None else first_loss
+        if not math.isfinite(loss) or loss > DIVERGENCE_FACTOR * max(first_loss, 1.0):
             attempt.status, attempt.reason = "diverged", f"training loss {loss} at step {step}"
             return attempt
         if step in checkpoints:
@@ -220,6 +237,14 @@ def run_scaling_trial(study: optuna.Study, trial: optuna.Trial, spec: ScalingStu
         attempt = Attempt("diverged", reason=f"{type(error).__name__}: {error}")
     except KeyboardInterrupt:
         attempt = Attempt("interrupted", reason="stopped by a signal")
+    except Exception as error:  # noqa: BLE001 - a failing trial is recorded, not fatal
+        attempt = Attempt("error", reason=f"{type(error).__name__}: {error}")
+        print(
+            f"[batch-scaling] trial {trial.number} of {spec.name} raised an unexpected error "
+            f"(recorded as failed):\n{traceback.format_exc()}",
+            file=sys.stderr,
+            flush=True,
+        )
     trial.set_user_attr("duration_s", time.perf_counter() - started)
     trial.set_user_attr("status", attempt.status)
     trial.set_user_attr("history", attempt.history)
@@ -314,13 +339,13 @@ SMOKE = ScalingConfig(
 FULL = ScalingConfig(
     workload="mnist1d_mlp",
     optimizers=("sgd", "momentum", "adam", "kfac_adaptive"),
-    batch_sizes=(16, 32, 64, 128, 256, 512, 1024, 2048),
+    batch_sizes=(16, 32, 64, 128, 256, 512, 1024, 2048, 3200),
     target=0.40,
     target_metric="val_error",
-    trials=8,
-    examples_budget=400_000,
-    min_steps=100,
-    max_steps=10_000,
+    trials=12,
+    examples_budget=160_000,
+    min_steps=500,
+    max_steps=8_000,
     preset="full",
 )
 PRESETS = {"smoke": SMOKE, "full": FULL}
@@ -369,6 +394,7 @@ def analyze(config: ScalingConfig, rows: dict[str, list[dict]]) -> dict:
         "target": config.target,
         "target_metric": config.target_metric,
         "optimizers": {name: name for name in config.optimizers},
+        "order": list(config.optimizers),
         "curves": rows,
         "critical": critical,
         "critical_batch_size": {name: record["value"] for name, record in critical.items()},

@@ -322,6 +322,7 @@ def run(out_dir: Path, quick: bool = False, preset: str | None = None) -> dict:
         "target": measured["target"],
         "target_metric": "expected loss",
         "optimizers": {k: v["label"] for k, v in NQM_OPTIMIZERS.items()},
+        "order": list(NQM_OPTIMIZERS),
         "curves": measured["curves"],
         "critical": measured["critical"],
         "critical_batch_size": {k: v["value"] for k, v in measured["critical"].items()},

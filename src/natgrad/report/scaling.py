@@ -32,6 +32,12 @@ def is_scaling_results(results: dict) -> bool:
     return results.get("experiment") in SCALING_EXPERIMENTS
 
 
+def _named(results: dict) -> list[tuple[str, str]]:
+    """(name, label) of every optimizer in the experiment's order."""
+    order = results.get("order") or list(results["optimizers"])
+    return [(name, results["optimizers"][name]) for name in order]
+
+
 def _colour(index: int):
     return plt.get_cmap("tab10")(index % 10)
 
@@ -67,7 +73,7 @@ def _mark_critical(axis, critical: dict, colour) -> None:
 def steps_figure(results: dict, path: Path) -> Path:
     """Steps to the target vs batch size with perfect-scaling lines and B_crit."""
     figure, axis = plt.subplots(figsize=(7, 5))
-    for index, (name, label) in enumerate(results["optimizers"].items()):
+    for index, (name, label) in enumerate(_named(results)):
         rows, critical, colour = results["curves"][name], results["critical"][name], _colour(index)
         batches, steps = _reached(rows, "steps")
         axis.plot(batches, steps, "o-", color=colour, label=f"{label} (B_crit {_crit(critical)})")
@@ -84,7 +90,7 @@ def steps_figure(results: dict, path: Path) -> Path:
 def examples_figure(results: dict, path: Path) -> Path:
     """Examples to the target vs batch size; 2 E_min dotted, B_crit vertical."""
     figure, axis = plt.subplots(figsize=(7, 5))
-    for index, (name, label) in enumerate(results["optimizers"].items()):
+    for index, (name, label) in enumerate(_named(results)):
         rows, critical, colour = results["curves"][name], results["critical"][name], _colour(index)
         batches, examples = _reached(rows, "examples")
         axis.plot(batches, examples, "o-", color=colour, label=label)
@@ -101,7 +107,7 @@ def learning_rate_figure(results: dict, path: Path) -> Path | None:
     """The best learning rate at each batch size (optimizers that search one)."""
     figure, axis = plt.subplots(figsize=(7, 5))
     drawn = False
-    for index, (name, label) in enumerate(results["optimizers"].items()):
+    for index, (name, label) in enumerate(_named(results)):
         pairs = [
             (row["batch_size"], row["hyperparameters"]["lr"])
             for row in results["curves"][name]
@@ -155,7 +161,7 @@ def _hyperparameter_text(row: dict) -> str:
 def table_blocks(results: dict) -> list[Block]:
     """One table per optimizer: steps, examples and best hyperparameters per batch size."""
     blocks = []
-    for name, label in results["optimizers"].items():
+    for name, label in _named(results):
         rows = []
         for row in results["curves"][name]:
             steps = "not reached" if row.get("steps") is None else fmt(row["steps"])
@@ -175,7 +181,7 @@ def table_blocks(results: dict) -> list[Block]:
 def critical_blocks(results: dict) -> list[Block]:
     rows = [
         [label, _crit(results["critical"][name]), results["critical"][name]["bound"]]
-        for name, label in results["optimizers"].items()
+        for name, label in _named(results)
     ]
     note = (
         "Critical batch size: where the examples to the target reach twice their minimum "
