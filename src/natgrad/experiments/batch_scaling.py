@@ -494,7 +494,7 @@ def run(
 ) -> dict:
     """``natgrad experiment batch-scaling``: the preset ("smoke" with ``quick``) or choices."""
     config = configure(preset or ("smoke" if quick else None), **choices)
-    return measure(config, out_dir, storage, workers or 1)
+    return measure(config, out_dir, storage, 1 if workers is None else workers)
 
 
 OPTIONS = (
