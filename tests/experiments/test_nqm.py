@@ -72,7 +72,9 @@ def test_unstable_learning_rates_are_flagged():
 
 def test_smoke_run_orders_critical_batch_sizes_through_the_cli(tmp_path, capsys):
     out = tmp_path / "nqm"
-    assert main(["--threads", "1", "experiment", "nqm", "--preset", "smoke", "--out", str(out)]) == 0
+    assert (
+        main(["--threads", "1", "experiment", "nqm", "--preset", "smoke", "--out", str(out)]) == 0
+    )
     results = json.loads((out / "results.json").read_text())
     critical = results["critical_batch_size"]
     assert set(critical) == {"sgd", "momentum", "adam", "kfac"} == set(NQM_OPTIMIZERS)

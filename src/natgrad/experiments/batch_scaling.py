@@ -70,9 +70,7 @@ DIVERGENCE_FACTOR = 1e3  # a mini-batch loss this many times the first one is a 
 # Learning rate and each optimizer's key hyperparameter; constant schedules, so that a
 # trial's steps to the target do not depend on its budget.
 SCALING_SPACES: dict[str, SearchSpace] = {
-    "sgd": SearchSpace(
-        "sgd", SPACE_NAME, (Dimension("lr", "log", 1e-3, 10.0),), dict(FIXED), "lr"
-    ),
+    "sgd": SearchSpace("sgd", SPACE_NAME, (Dimension("lr", "log", 1e-3, 10.0),), dict(FIXED), "lr"),
     "momentum": SearchSpace(
         "momentum",
         SPACE_NAME,

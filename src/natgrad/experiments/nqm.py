@@ -93,7 +93,9 @@ def spectrum(dimension: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
     edges = np.unique(np.round(np.geomspace(1, dimension + 1, levels + 1)).astype(int))
     inverse = 1.0 / np.arange(1, dimension + 1)
     sizes = np.diff(edges)
-    means = np.array([inverse[lo - 1 : hi - 1].mean() for lo, hi in zip(edges, edges[1:])])
+    means = np.array(
+        [inverse[lo - 1 : hi - 1].mean() for lo, hi in zip(edges, edges[1:], strict=False)]
+    )
     return means, sizes.astype(float)
 
 

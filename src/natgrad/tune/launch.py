@@ -98,9 +98,7 @@ def _worker_main(url: str, specs: list[StudySpec], trials: int, runner=None) -> 
         sys.exit(130)
 
 
-def spawn_workers(
-    url: str, specs: list[StudySpec], trials: int, workers: int, runner=None
-) -> list:
+def spawn_workers(url: str, specs: list[StudySpec], trials: int, workers: int, runner=None) -> list:
     """Start ``workers`` spawned processes running :func:`work` with one thread each.
 
     ``specs`` (dataclasses) and ``runner`` (a module-level function) are pickled.
