@@ -427,7 +427,7 @@ def measure(
     out_dir.mkdir(parents=True, exist_ok=True)
     url = storage_url(out_dir, storage)
     specs = config.specs()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     studies = run_studies(url, specs, config.trials, workers, runner=run_scaling_trial)
     rows: dict[str, list[dict]] = {name: [] for name in config.optimizers}
     for study, spec in zip(studies, specs, strict=True):
@@ -435,6 +435,7 @@ def measure(
     results = analyze(config, rows)
     results["storage"] = redact(url)
     results["seconds_this_run"] = time.perf_counter() - started
+    results["cpu_seconds_this_run"] = time.process_time() - cpu_started  # this process only
     results["figures"] = sorted(p.name for p in write_scaling_figures(results, out_dir).values())
     write_results(out_dir, results)
     return results

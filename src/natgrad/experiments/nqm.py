@@ -314,7 +314,7 @@ def run(out_dir: Path, quick: bool = False, preset: str | None = None) -> dict:
     setting = SMOKE if name == "smoke" else FULL
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     measured = measure(setting)
     results = {
         "experiment": "nqm",
@@ -329,6 +329,7 @@ def run(out_dir: Path, quick: bool = False, preset: str | None = None) -> dict:
         "critical": measured["critical"],
         "critical_batch_size": {k: v["value"] for k, v in measured["critical"].items()},
         "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu_started,
     }
     results["figures"] = sorted(p.name for p in write_scaling_figures(results, out_dir).values())
     write_results(out_dir, results)
