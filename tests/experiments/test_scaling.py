@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from natgrad.experiments.scaling import critical_batch_size, perfect_scaling_steps
+from natgrad.experiments.scaling import (
+    critical_batch_size,
+    fit_scaling_model,
+    perfect_scaling_steps,
+)
 
 BATCHES = [2**k for k in range(11)]
 
@@ -68,3 +72,21 @@ def test_perfect_scaling_line_passes_through_the_reference_point():
 def test_bad_curves_are_rejected(batches, steps, message):
     with pytest.raises(ValueError, match=message):
         critical_batch_size(batches, steps)
+
+
+def test_fit_recovers_the_model_it_fits():
+    steps = [50.0 * (1 + 300 / b) for b in BATCHES]
+    fit = fit_scaling_model(BATCHES, steps)
+    assert fit.critical_batch == pytest.approx(300, rel=0.01)
+    assert fit.min_steps == pytest.approx(50, rel=0.01) and fit.rms_log_error < 1e-2
+    assert fit.min_examples == pytest.approx(15_000, rel=0.02)
+
+
+def test_fit_is_not_moved_far_by_one_badly_tuned_batch_size():
+    steps = [50.0 * (1 + 300 / b) for b in BATCHES]
+    steps[5] *= 3  # B = 32 under-tuned: E(32) is three times too large
+    crossing = critical_batch_size(BATCHES, steps)
+    fit = fit_scaling_model(BATCHES, steps)
+    assert crossing.value < 40  # the first crossing jumps to the bad point
+    assert 150 < fit.critical_batch < 600
+    assert fit_scaling_model(BATCHES[:2], steps[:2]) is None

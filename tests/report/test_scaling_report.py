@@ -60,7 +60,7 @@ def test_tables_show_bounds_unreached_points_and_hyperparameters(tmp_path):
     assert results["critical"]["kfac_adaptive"]["bound"] == "lower"
     written = write_scaling_report(results, tmp_path)
     markdown = written["markdown"].read_text()
-    assert "| kfac_adaptive | >= 1024 | lower |" in markdown
+    assert "| kfac_adaptive | >= 1024 | lower |" in markdown and "B_crit (fit)" in markdown
     assert "| 1024 | not reached | n/a | 4 (3 reached) |  |" in markdown
     assert "| 256 | 57 | 14592 | 4 (3 reached) | lr=2.56 |" in markdown
     assert markdown.index("## sgd") < markdown.index("## kfac_adaptive")

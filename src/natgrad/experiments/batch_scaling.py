@@ -42,7 +42,7 @@ from natgrad.experiments.registry import (
     register_experiment,
     write_results,
 )
-from natgrad.experiments.scaling import critical_batch_size
+from natgrad.experiments.scaling import critical_batch_size, fit_scaling_model
 from natgrad.train.config import RunConfig
 from natgrad.train.runner import (
     BatchSampler,
@@ -376,13 +376,13 @@ def batch_row(study: optuna.Study, spec: ScalingStudySpec, trials: int) -> dict:
 
 def analyze(config: ScalingConfig, rows: dict[str, list[dict]]) -> dict:
     """Critical batch sizes from the rows of every optimizer; the results dict."""
-    critical = {}
+    critical, fits = {}, {}
     for name, by_batch in rows.items():
-        critical[name] = critical_batch_size(
-            [r["batch_size"] for r in by_batch],
-            [r["steps"] for r in by_batch],
-            [r["budget"] for r in by_batch],
-        ).to_dict()
+        batches, steps = [r["batch_size"] for r in by_batch], [r["steps"] for r in by_batch]
+        budgets = [r["budget"] for r in by_batch]
+        critical[name] = critical_batch_size(batches, steps, budgets).to_dict()
+        fit = fit_scaling_model(batches, steps)
+        fits[name] = None if fit is None else fit.to_dict()
     return {
         "experiment": "batch-scaling",
         "config": {
@@ -395,6 +395,7 @@ def analyze(config: ScalingConfig, rows: dict[str, list[dict]]) -> dict:
         "order": list(config.optimizers),
         "curves": rows,
         "critical": critical,
+        "critical_fit": fits,
         "critical_batch_size": {name: record["value"] for name, record in critical.items()},
     }
 

@@ -44,7 +44,11 @@ from natgrad.experiments.registry import (
     register_experiment,
     write_results,
 )
-from natgrad.experiments.scaling import critical_batch_size, examples_to_target
+from natgrad.experiments.scaling import (
+    critical_batch_size,
+    examples_to_target,
+    fit_scaling_model,
+)
 
 NQM_OPTIMIZERS: dict[str, dict] = {
     "sgd": {"power": 0.0, "momentum": False, "label": "SGD"},
@@ -292,16 +296,18 @@ def initial_loss(setting: NQMSetting) -> float:
 def measure(setting: NQMSetting) -> dict:
     """Tuned steps to the target at every batch size and each optimizer's B_crit."""
     target = setting.target_fraction * initial_loss(setting)
-    curves, critical = {}, {}
+    curves, critical, fits = {}, {}, {}
     for name in NQM_OPTIMIZERS:
         rows = [tune_batch(setting, name, b, target) for b in setting.batch_sizes]
         steps = [row["steps"] for row in rows]
         budgets = [setting.max_steps] * len(rows)
         critical[name] = critical_batch_size(setting.batch_sizes, steps, budgets).to_dict()
+        fit = fit_scaling_model(setting.batch_sizes, steps)
+        fits[name] = None if fit is None else fit.to_dict()
         for row, examples in zip(rows, examples_to_target(setting.batch_sizes, steps), strict=True):
             row["examples"] = examples
         curves[name] = rows
-    return {"target": target, "curves": curves, "critical": critical}
+    return {"target": target, "curves": curves, "critical": critical, "fits": fits}
 
 
 def run(out_dir: Path, quick: bool = False, preset: str | None = None) -> dict:
@@ -327,6 +333,7 @@ def run(out_dir: Path, quick: bool = False, preset: str | None = None) -> dict:
         "order": list(NQM_OPTIMIZERS),
         "curves": measured["curves"],
         "critical": measured["critical"],
+        "critical_fit": measured["fits"],
         "critical_batch_size": {k: v["value"] for k, v in measured["critical"].items()},
         "seconds": time.perf_counter() - started,
         "cpu_seconds": time.process_time() - cpu_started,

@@ -19,6 +19,10 @@ E > B * budget. If that bound is already >= 2 E_min the crossing lies before it,
 interpolating with the bound gives an upper bound on B_crit; if not, nothing is known
 past the previous batch size, which is then a lower bound. When E never reaches
 2 E_min, the largest batch size is a lower bound.
+
+Because the first crossing rests on two or three points, a badly tuned batch size
+(an E(B) that is not monotone) can move it far. :func:`fit_scaling_model` fits the same
+model to every reached point instead and is reported beside it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+
+import numpy as np
 
 CRITICAL_FACTOR = 2.0
 BOUNDS = ("estimate", "upper", "lower")
@@ -96,6 +102,50 @@ def critical_batch_size(
     return CriticalBatch(float(batch_sizes[-1]), "lower", *reference)
 
 
+@dataclass(frozen=True)
+class ScalingFit:
+    """Least-squares fit of S(B) = S_min (1 + B_crit / B) in log space; rms in log units."""
+
+    critical_batch: float
+    min_steps: float
+    min_examples: float
+    rms_log_error: float
+    points: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fit_scaling_model(
+    batch_sizes: Sequence[int], steps: Sequence[float | None], grid: int = 4000
+) -> ScalingFit | None:
+    """McCandlish et al.'s S = S_min (1 + B_crit / B), i.e. E = E_min (1 + B / B_crit).
+
+    Fitted to the reached points by least squares on log S: for each B_crit of a
+    log-spaced grid (1/100 of the smallest to 100x the largest batch size) log S_min is
+    the mean residual; the best B_crit is kept. Every point counts, so one badly tuned
+    batch size moves it less than the first-crossing estimate. None with < 3 points.
+    """
+    pairs = [(b, s) for b, s in zip(batch_sizes, steps, strict=True) if s is not None]
+    if len(pairs) < 3:
+        return None
+    batches = np.array([b for b, _ in pairs], dtype=float)
+    log_steps = np.log([s for _, s in pairs])
+    candidates = np.geomspace(batches.min() / 100, batches.max() * 100, grid)
+    residuals = log_steps[None, :] - np.log1p(candidates[:, None] / batches[None, :])
+    offsets = residuals.mean(axis=1)
+    errors = ((residuals - offsets[:, None]) ** 2).mean(axis=1)
+    best = int(np.argmin(errors))
+    min_steps = math.exp(offsets[best])
+    return ScalingFit(
+        float(candidates[best]),
+        min_steps,
+        min_steps * float(candidates[best]),
+        math.sqrt(float(errors[best])),
+        len(pairs),
+    )
+
+
 def perfect_scaling_steps(batch_sizes: Sequence[int], reference: CriticalBatch) -> list:
     """Steps on the perfect-scaling line S = E_min / B through the most efficient point."""
     if reference.reference_examples is None:
@@ -109,5 +159,7 @@ __all__ = [
     "CriticalBatch",
     "critical_batch_size",
     "examples_to_target",
+    "ScalingFit",
+    "fit_scaling_model",
     "perfect_scaling_steps",
 ]

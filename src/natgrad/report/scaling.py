@@ -179,20 +179,35 @@ def table_blocks(results: dict) -> list[Block]:
 
 
 def critical_blocks(results: dict) -> list[Block]:
-    rows = [
-        [label, _crit(results["critical"][name]), results["critical"][name]["bound"]]
-        for name, label in _named(results)
-    ]
+    fits = results.get("critical_fit") or {}
+    rows = []
+    for name, label in _named(results):
+        fit = fits.get(name) or {}
+        rows.append(
+            [
+                label,
+                _crit(results["critical"][name]),
+                results["critical"][name]["bound"],
+                fmt(fit.get("critical_batch"), 3),
+                fmt(fit.get("min_steps"), 3),
+                fmt(fit.get("rms_log_error"), 2),
+            ]
+        )
     note = (
         "Critical batch size: where the examples to the target reach twice their minimum "
         "over the measured batch sizes (log-log interpolation); an upper bound where the "
         "next batch size never reached the target (its step budget bounds its examples), "
-        "a lower bound where the examples never doubled."
+        "a lower bound where the examples never doubled. Fit: S = S_min (1 + B_crit / B) "
+        "by least squares on log S over every reached batch size (rms in log units)."
     )
     return [
         Block("h2", "Critical batch size"),
         Block("p", note),
-        Block("table", header=["optimizer", "B_crit", "kind"], rows=rows),
+        Block(
+            "table",
+            header=["optimizer", "B_crit", "kind", "B_crit (fit)", "S_min (fit)", "fit rms"],
+            rows=rows,
+        ),
     ]
 
 
