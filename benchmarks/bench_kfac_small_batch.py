@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from natgrad.experiments.kfac_vs_sgd import CurveRun, run_interleaved
+from natgrad.train.harness import CurveRun, run_interleaved
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from natgrad.experiments.kfac_vs_sgd import Curve, CurveRun, SteppedRun, run_interleaved
+from natgrad.train.harness import Curve, CurveRun, SteppedRun, run_interleaved
 from natgrad.train.runner import load_workload_data
 from natgrad.workloads import get_workload
 

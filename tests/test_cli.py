@@ -84,3 +84,36 @@ def test_long_lists_are_summarized_for_printing() -> None:
         "short": [1, {"inner": "[25 values, see results.json]"}],
         "x": 1.5,
     }
+
+
+def every_option(parser, prefix=("natgrad",)):
+    """(command, action) for every option of every subcommand."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from every_option(sub, (*prefix, name))
+        elif not isinstance(action, argparse._HelpAction):
+            yield " ".join(prefix), action
+
+
+def test_every_option_has_help_with_its_default():
+    from natgrad.cli import build_parser
+
+    options = list(every_option(build_parser()))
+    assert len(options) > 40
+    for command, action in options:
+        text = action.help or ""
+        assert text, f"{command} {action.option_strings or action.dest} has no help"
+        if action.option_strings:
+            assert "default" in text or "required" in text, (command, action.option_strings)
+            if action.default not in (None, False, [], argparse_suppress()):
+                shown = text.replace("%(default)s", str(action.default))
+                assert str(action.default) in shown, (command, action.option_strings)
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS

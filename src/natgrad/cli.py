@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from natgrad.jsonio import dumps as json_dumps
 
 
 class UsageError(Exception):
@@ -15,33 +16,91 @@ class UsageError(Exception):
 
 def add_train_parser(commands) -> None:
     parser = commands.add_parser("train", help="train one workload with one optimizer")
-    parser.add_argument("--workload", required=True, help="workload name (see `natgrad workloads`)")
     parser.add_argument(
-        "--optimizer", required=True, help="optimizer name (see `natgrad optimizers`)"
+        "--workload", required=True, help="workload name, required (see `natgrad workloads`)"
+    )
+    parser.add_argument(
+        "--optimizer", required=True, help="optimizer name, required (see `natgrad optimizers`)"
     )
     parser.add_argument("--steps", type=int, help="number of optimizer steps (default: workload's)")
-    parser.add_argument("--out", required=True, help="run folder")
+    parser.add_argument("--out", required=True, help="run folder, required")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="NAME=VALUE", help="hyperparameter value"
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a hyperparameter value, repeatable (default: the optimizer's defaults, "
+        "see `natgrad optimizers`)",
     )
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-every", type=int)
-    parser.add_argument("--checkpoint-every", type=int, default=0)
-    parser.add_argument("--data-dir", help="folder holding the dataset files")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--batch-size", type=int, help="examples per step (default: the workload's)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the model and the batches (default: 0)"
+    )
+    parser.add_argument(
+        "--eval-every", type=int, help="steps between evaluations (default: the workload's)"
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="steps between checkpoints (default: 0 = only at the end and on a signal)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        help="folder holding the dataset files, the only place looked at when given "
+        "(default: $NATGRAD_DATA, system packages, ~/.cache/natgrad)",
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps (default: cpu)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --out (default: off)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the run in --out (default: off)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the summary as JSON (default: a text line)"
+    )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="data-parallel ranks on this machine, launched with torchrun; each takes "
+        "1/N of every batch (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="with several ranks: a rank waiting this long for the others stops "
+        "(default: %(default)s)",
+    )
     parser.set_defaults(handler=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from natgrad.distributed import launch
+
+    config = train_config(args)
+    if launch.launched_by_torchrun():
+        return train_on_this_rank(args, config)
+    if args.nproc < 1:
+        raise UsageError(f"--nproc must be an integer >= 1, got {args.nproc}")
+    if args.nproc > 1:
+        return launch_ranks(args, config)
+    return train_and_report(args, config)
+
+
+def train_config(args: argparse.Namespace):
     from natgrad.optim.registry import get_optimizer_spec, parse_assignments
-    from natgrad.train import RunConfig, train
+    from natgrad.train import RunConfig
 
     spec = get_optimizer_spec(args.optimizer)
-    config = RunConfig(
+    return RunConfig(
         workload=args.workload,
         optimizer=args.optimizer,
         steps=args.steps,
@@ -53,12 +112,44 @@ def run_train(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         device=args.device,
     )
+
+
+def launch_ranks(args: argparse.Namespace, config) -> int:
+    """Check everything a rank would refuse, then start ``--nproc`` ranks with torchrun."""
+    from natgrad.distributed import launch
+    from natgrad.optim.registry import get_optimizer_spec
+    from natgrad.train.runner import check_run_folder, check_shardable
+
+    if args.dist_timeout <= 0:
+        raise UsageError(f"--dist-timeout must be > 0 seconds, got {args.dist_timeout}")
+    resolved = config.resolved()
+    check_shardable(resolved, get_optimizer_spec(config.optimizer), args.nproc)
+    check_run_folder(Path(args.out), resolved, args.resume, args.overwrite)
+    return launch.launch(args.nproc, args.argv)  # each rank sees torchrun's variables
+
+
+def train_on_this_rank(args: argparse.Namespace, config) -> int:
+    """One rank of a torchrun launch: join the process group, train, leave."""
+    from natgrad.distributed import launch
+
+    launch.join_process_group(launch.rank_device(config.device), args.dist_timeout)
+    try:
+        return train_and_report(args, config, quiet=launch.environment_rank() != 0)
+    finally:
+        launch.leave_process_group()
+
+
+def train_and_report(args: argparse.Namespace, config, quiet: bool = False) -> int:
+    from natgrad.train import train
+
     result = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=True)
+    if quiet:
+        return {"completed": 0, "diverged": 0, "interrupted": 130}[result.status]
     summary = {"status": result.status, "step": result.step, "final": result.final}
     if result.diverged_at_step is not None:
         summary["diverged_at_step"] = result.diverged_at_step
     if args.json:
-        print(json.dumps(summary, indent=2, sort_keys=True))
+        print(json_dumps(summary, indent=2, sort_keys=True))
     else:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in result.final.items() if isinstance(v, float))
         print(f"{result.status} at step {result.step}: {shown}")
@@ -85,7 +176,9 @@ def run_workloads(args: argparse.Namespace) -> int:
 
 def add_optimizers_parser(commands) -> None:
     parser = commands.add_parser("optimizers", help="list optimizers and their hyperparameters")
-    parser.add_argument("--spaces", action="store_true", help="also show the search spaces")
+    parser.add_argument(
+        "--spaces", action="store_true", help="also show the search spaces (default: off)"
+    )
     parser.set_defaults(handler=run_optimizers)
 
 
@@ -117,7 +210,10 @@ def add_data_parser(commands) -> None:
     fetch = data_commands.add_parser("fetch", help="download a dataset with SHA-256 checks")
     fetch.add_argument("name", help="fashion-mnist or mnist")
     fetch.add_argument("--dest", help="target folder (default: ~/.cache/natgrad/NAME)")
-    fetch.add_argument("--mirror", help="base URL to download from instead of the official one")
+    fetch.add_argument(
+        "--mirror",
+        help="base URL to download from (default: the official one, or $NATGRAD_DATA_MIRROR)",
+    )
     fetch.set_defaults(handler=run_data_fetch)
     listing = data_commands.add_parser("list", help="list the datasets")
     listing.set_defaults(handler=run_data_list)
@@ -145,7 +241,9 @@ def add_experiment_parser(commands) -> None:
     parser = commands.add_parser("experiment", help="run one of the seed's experiments")
     parser.add_argument("name", nargs="?", help="experiment name (omit to list them)")
     parser.add_argument("--out", help="output folder (default: runs/NAME)")
-    parser.add_argument("--quick", action="store_true", help="a smaller, faster version")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smaller, faster version (default: off)"
+    )
     from natgrad.experiments.registry import every_option
 
     for option in every_option().values():
@@ -167,7 +265,7 @@ def run_experiment(args: argparse.Namespace) -> int:
     if not experiment.options:
         out_dir.mkdir(parents=True, exist_ok=True)
     results = experiment.run(out_dir, args.quick, **options)
-    print(json.dumps(_without_long_lists(results), indent=2, sort_keys=True, default=str))
+    print(json_dumps(_without_long_lists(results), indent=2, sort_keys=True, default=str))
     print(f"figures and results.json (with every curve) in {out_dir}")
     return 0
 
@@ -184,9 +282,15 @@ def _without_long_lists(value, limit: int = 20):
 
 
 def add_demo_parser(commands) -> None:
+    from natgrad.demo import DEFAULT_WORKLOAD
+
     parser = commands.add_parser("demo", help="a short comparison of optimizers, with a report")
-    parser.add_argument("--out", default="runs/demo")
-    parser.add_argument("--workload", default=None, help="workload to compare on")
+    parser.add_argument(
+        "--out", default="runs/demo", help="folder of the demo's report (default: runs/demo)"
+    )
+    parser.add_argument(
+        "--workload", default=None, help=f"workload to compare on (default: {DEFAULT_WORKLOAD})"
+    )
     parser.set_defaults(handler=run_demo)
 
 
@@ -197,7 +301,45 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-from natgrad.report.commands import add_report_parser  # noqa: E402
+def add_report_parser(commands) -> None:
+    parser = commands.add_parser(
+        "report",
+        help="write report.md, report.html and figures of a `natgrad compare`, "
+        "`natgrad tune` or `natgrad experiment nqm|batch-scaling` folder",
+    )
+    parser.add_argument("folder", help="the --out folder of `natgrad compare` or `natgrad tune`")
+    parser.add_argument(
+        "--storage",
+        help="storage URL of a tune folder made with --storage (default: study.db in FOLDER)",
+    )
+    parser.set_defaults(handler=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """A comparison (results.json) or a tune folder (its studies); else one line."""
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder; pass the --out folder of compare or tune")
+    if (folder / "results.json").exists():  # compare, or the nqm / batch-scaling experiments
+        from natgrad.report.commands import write_results_report
+
+        written = write_results_report(folder)
+    else:
+        from natgrad.tune.summary import is_study_folder, study_folder_summary
+
+        if not is_study_folder(folder) and args.storage is None:
+            raise UsageError(
+                f"{folder} holds neither results.json (natgrad compare) nor studies "
+                f"(natgrad tune); run one of them with --out {folder} first"
+            )
+        from natgrad.report.study import write_study_report
+
+        written = write_study_report(study_folder_summary(folder, args.storage), folder)
+    print(f"report: {written['markdown']} and {written['html']}")
+    return 0
+
+
+from natgrad.bench.commands import add_bench_parser  # noqa: E402
 from natgrad.tune.commands import add_compare_parser, add_tune_parser  # noqa: E402
 
 PARSER_BUILDERS: list[Callable] = [
@@ -209,6 +351,7 @@ PARSER_BUILDERS: list[Callable] = [
     add_optimizers_parser,
     add_data_parser,
     add_experiment_parser,
+    add_bench_parser,
     add_demo_parser,
 ]
 
@@ -243,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
+    from natgrad.distributed import RankFailure
     from natgrad.train.runner import RunFolderError
 
     try:
@@ -251,6 +396,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, UsageError, RunFolderError, OSError) as error:
         print(f"natgrad {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RankFailure as failure:
+        print(f"natgrad {args.command}: {failure}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as interrupt:
+        # Commands that keep partial work say what was kept (tune, compare).
+        text = str(interrupt) if str(interrupt).startswith("interrupted") else "interrupted"
+        print(f"natgrad {args.command}: {text}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -71,15 +71,14 @@ def test_raw_and_gzip_names_are_both_accepted(tmp_path):
     assert locate.idx_file(mixed, FILES[3]).name == FILES[3]
 
 
-def test_incomplete_folder_is_skipped_and_reported(places, tmp_path, monkeypatch):
+def test_explicit_data_dir_lacking_the_dataset_never_falls_back(places, tmp_path):
+    """Every other place holds the dataset; an incomplete --data-dir still fails."""
     partial = make_folder(tmp_path / "partial", skip=("t10k-labels-idx1-ubyte",))
-    assert find_dataset("fashion-mnist", str(partial)) == places["env"] / "fashion-mnist"
-    monkeypatch.delenv("NATGRAD_DATA")
-    monkeypatch.setitem(locate.SYSTEM_DIRS, "fashion-mnist", ())
-    remove(places["cache"])
     with pytest.raises(DatasetNotFoundError) as caught:
         find_dataset("fashion-mnist", str(partial))
-    assert f"{partial} (--data-dir): missing t10k-labels-idx1-ubyte" in str(caught.value)
+    message = str(caught.value)
+    assert f"{partial} (--data-dir): missing t10k-labels-idx1-ubyte" in message
+    assert str(places["env"]) not in message and str(places["cache"]) not in message
 
 
 def test_not_found_message_lists_places_and_commands(tmp_path, isolated_home, monkeypatch):
@@ -89,9 +88,14 @@ def test_not_found_message_lists_places_and_commands(tmp_path, isolated_home, mo
     with pytest.raises(DatasetNotFoundError) as caught:
         find_dataset("fashion-mnist", str(tmp_path / "cli"))
     message = str(caught.value)
+    assert message.index(str(tmp_path / "cli" / "fashion-mnist") + " (") < message.index(
+        str(tmp_path / "cli") + " ("
+    )
+    assert str(tmp_path / "env") not in message
+    with pytest.raises(DatasetNotFoundError) as caught:
+        find_dataset("fashion-mnist")
+    message = str(caught.value)
     looked = [
-        tmp_path / "cli" / "fashion-mnist",
-        tmp_path / "cli",
         tmp_path / "env" / "fashion-mnist",
         system,
         isolated_home / ".cache" / "natgrad" / "fashion-mnist",

@@ -208,6 +208,24 @@ def test_idx_shape_and_count_faults_name_the_file(write_idx, tmp_path, monkeypat
         load_splits("mnist", str(folder))
 
 
+def test_label_outside_the_classes_is_found_at_load_naming_the_file(
+    write_idx, tmp_path, monkeypatch
+):
+    """A corrupted label (here 200, in the test split that training never samples)."""
+    monkeypatch.setattr(splits, "IDX_VALIDATION_SIZE", 1)
+    folder = tmp_path / "bad-labels"
+    write_idx("train-images-idx3-ubyte.gz", np.zeros((3, 28, 28), np.uint8), folder)
+    write_idx("train-labels-idx1-ubyte.gz", np.array([0, 9, 3], np.uint8), folder)
+    write_idx("t10k-images-idx3-ubyte.gz", np.zeros((2, 28, 28), np.uint8), folder)
+    write_idx("t10k-labels-idx1-ubyte.gz", np.array([1, 200], np.uint8), folder)
+    with pytest.raises(
+        IDXError, match=r"t10k-labels-idx1-ubyte.gz: 1 label\(s\) outside .* 200 at index 1"
+    ):
+        load_splits("mnist", str(folder))
+    write_idx("t10k-labels-idx1-ubyte.gz", np.array([1, 9], np.uint8), folder)
+    assert load_splits("mnist", str(folder)).test_y.tolist() == [1, 9]
+
+
 def read_gz_labels(path: Path) -> np.ndarray:
     """Independent decoder: skip the 8-byte header of a 1-D IDX file."""
     return np.frombuffer(gzip.decompress(path.read_bytes())[8:], dtype=np.uint8)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -18,6 +17,7 @@ from natgrad.experiments.kfac_vs_sgd import (
     training_curve,
 )
 from natgrad.train import RunConfig, train
+from strict_json import load_file
 
 
 def curve(losses: list[float], batch: int = 10, seconds_per_step: float = 1.0) -> Curve:
@@ -53,14 +53,17 @@ def test_targets_and_gains_on_synthetic_curves():
     }
     assert reachable_target(kept["kfac"]) == pytest.approx(1.0)
     assert common_target(kept) == pytest.approx(2.0)
-    for by_batch in kept.values():
-        target = reachable_target(by_batch)
-        gains = per_step_gains(by_batch, target)
-        assert gains["10"] == 1.0
-        expected = by_batch[10].steps_to(target) / by_batch[40].steps_to(target)
-        assert gains["40"] == pytest.approx(expected)
-    kfac_gain = per_step_gains(kept["kfac"], 1.0)["40"]
-    assert kfac_gain > per_step_gains(kept["momentum"], 2.0)["40"] > 1.0
+    # Steps to the target counted by hand: the trailing mean of 10 losses first holds no
+    # 9.0 at step 13 (three 9s, batch 10) and at step 11 (one 9, batch 40); momentum's
+    # five and four 9s give steps 15 and 14. The base is the smallest batch whatever the
+    # order of the dict; a batch that never reaches the target has no gain.
+    largest_first = {160: curve([9.0] * 50), **dict(reversed(kept["kfac"].items()))}
+    assert per_step_gains(largest_first, 1.0) == {
+        "10": 1.0,
+        "40": pytest.approx(13 / 11),
+        "160": None,
+    }
+    assert per_step_gains(kept["momentum"], 2.0) == {"10": 1.0, "40": pytest.approx(15 / 14)}
 
 
 def test_curve_run_matches_the_training_runner():
@@ -82,31 +85,59 @@ def test_curve_run_matches_the_training_runner():
 
 
 def test_interleaved_runs_stop_at_the_target():
-    runs = [
-        CurveRun("mnist_autoencoder", "momentum", {"lr": 3e-3}, batch_size=50, steps=6),
-        CurveRun("mnist_autoencoder", "sgd", {"lr": 0.0}, batch_size=50, steps=6),
-    ]
-    first_loss = training_curve("mnist_autoencoder", "sgd", {"lr": 0.0}, 50, 1).losses[0]
-    curves = run_interleaved(runs, target=first_loss * 1.001)
-    # lr 0: the first smoothed loss already meets a target just above it
-    assert len(curves[1].losses) == 1
-    assert curves[1].losses[0] == pytest.approx(first_loss)
-    assert 1 <= len(curves[0].losses) <= 6
+    def runs(first_steps: int = 6, second_steps: int = 6) -> list[CurveRun]:
+        return [
+            CurveRun(
+                "mnist_autoencoder", "momentum", {"lr": 3e-3}, batch_size=50, steps=first_steps
+            ),
+            CurveRun("mnist_autoencoder", "sgd", {"lr": 0.0}, batch_size=50, steps=second_steps),
+        ]
+
+    # Without a target each run takes its own number of steps: one that finishes early
+    # does not stop the other.
+    curves = run_interleaved(runs(first_steps=5, second_steps=2))
+    assert [len(c.losses) for c in curves] == [5, 2]
+    first_loss = curves[1].losses[0]
+    # Same seed and first batch: both first losses equal, and each run stops at the
+    # first step whose smoothed loss meets a target just above it.
+    curves = run_interleaved(runs(), target=first_loss * 1.001)
+    assert [len(c.losses) for c in curves] == [1, 1]
+    assert curves[0].losses[0] == pytest.approx(first_loss)
+    # A target below every loss: both run to the end.
+    curves = run_interleaved(runs(first_steps=3, second_steps=3), target=0.0)
+    assert [len(c.losses) for c in curves] == [3, 3]
 
 
 def test_quick_experiment_writes_results_and_figure(tmp_path):
     results = get_experiment("kfac-vs-sgd").run(tmp_path, quick=True)
-    stored = json.loads((tmp_path / "results.json").read_text())
+    stored = load_file(tmp_path / "results.json")
     assert stored["per_step_gain"] == results["per_step_gain"]
     assert (tmp_path / "kfac_vs_sgd.png").stat().st_size > 10_000
     for name in ("kfac_adaptive", "momentum"):
         by_batch = results["kept"][name]
         assert set(by_batch) == {"50", "200"}
-        assert results["per_step_gain"][name]["gains"]["50"] == 1.0
+        target = results["per_step_gain"][name]["target"]
+        steps = {
+            batch: first_step_at_or_below(r["losses"], target) for batch, r in by_batch.items()
+        }
+        assert steps == {batch: r["steps_to_target"] for batch, r in by_batch.items()}
+        assert results["per_step_gain"][name]["gains"] == {
+            "50": 1.0,
+            "200": pytest.approx(steps["50"] / steps["200"]),
+        }
         for record in by_batch.values():
             assert record["status"] == "completed"
             assert record["steps_to_target"] is not None
             assert record["final_smoothed_loss"] < record["losses"][0]
+
+
+def first_step_at_or_below(losses: list[float], target: float, window: int = 10) -> int | None:
+    """Independent of Curve: first step whose mean of the last ``window`` losses <= target."""
+    for step in range(1, len(losses) + 1):
+        recent = losses[max(0, step - window) : step]
+        if sum(recent) / len(recent) <= target:
+            return step
+    return None
 
 
 def test_every_batch_size_gets_the_same_number_of_examples():

@@ -332,3 +332,42 @@ def test_sparse_gradients_are_rejected():
     param.grad = torch.sparse_coo_tensor([[0]], [1.0], (4,), check_invariants=True)
     with pytest.raises(RuntimeError, match="Adam does not support sparse gradients"):
         optimizer.step()
+
+
+def trajectory(make_optimizer, steps: int = 5) -> torch.Tensor:
+    torch.manual_seed(0)
+    param = torch.randn(4, requires_grad=True)
+    optimizer = make_optimizer([param])
+    for _ in range(steps):
+        optimizer.zero_grad()
+        (param**4).sum().backward()
+        optimizer.step()
+    return param.detach()
+
+
+@pytest.mark.parametrize("cls", [Adam, NAdam])
+def test_adam_and_nadam_accept_torch_betas(cls):
+    """Code written for torch.optim.Adam(params, lr, betas=...) drops in unchanged."""
+    seed_names = trajectory(lambda p: cls(p, lr=0.1, beta1=0.5, beta2=0.75))
+    assert not torch.equal(seed_names, trajectory(lambda p: cls(p, lr=0.1)))
+    assert torch.equal(seed_names, trajectory(lambda p: cls(p, lr=0.1, betas=(0.5, 0.75))))
+    assert torch.equal(seed_names, trajectory(lambda p: cls(p, 0.1, (0.5, 0.75))))
+    group = cls([torch.zeros(1)], lr=0.1, betas=(0.5, 0.75)).param_groups[0]
+    assert (group["beta1"], group["beta2"]) == (0.5, 0.75) and "betas" not in group
+    with pytest.raises(ValueError, match="not both"):
+        cls([torch.zeros(1)], lr=0.1, beta1=0.5, betas=(0.5, 0.75))
+    with pytest.raises(ValueError, match="beta1"):
+        cls([torch.zeros(1)], lr=0.1, betas=(1.0, 0.75))
+    with pytest.raises(ValueError, match="pair"):
+        cls([torch.zeros(1)], lr=0.1, betas=0.9)
+
+
+def test_rmsprop_accepts_torch_alpha_as_rho():
+    seed_names = trajectory(lambda p: RMSProp(p, lr=0.01, rho=0.5))
+    assert not torch.equal(seed_names, trajectory(lambda p: RMSProp(p, lr=0.01)))
+    assert torch.equal(seed_names, trajectory(lambda p: RMSProp(p, lr=0.01, alpha=0.5)))
+    assert RMSProp([torch.zeros(1)], lr=0.1, alpha=0.5).param_groups[0]["rho"] == 0.5
+    with pytest.raises(ValueError, match="not both"):
+        RMSProp([torch.zeros(1)], lr=0.1, rho=0.5, alpha=0.5)
+    with pytest.raises(ValueError, match="rho"):
+        RMSProp([torch.zeros(1)], lr=0.1, alpha=1.5)

@@ -323,7 +323,10 @@ def test_multihead_attention_projections_fall_back_and_the_warning_names_them():
     with pytest.warns(UserWarning) as caught:
         opt = KFAC(model, lr=0.05, damping=0.1, likelihood="gaussian", inv_every=2)
     message = str(caught[0].message)
-    assert "1.self_attn (MultiheadAttention)" in message
+    assert (
+        "1.self_attn (MultiheadAttention: in_proj_weight, in_proj_bias used functionally)"
+        in message
+    )
     assert (
         "1.self_attn.out_proj (NonDynamicallyQuantizableLinear: inside nn.MultiheadAttention"
         in message

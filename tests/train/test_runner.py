@@ -16,6 +16,7 @@ from natgrad.cli import main
 from natgrad.train import RunConfig, RunFolderError, train
 from natgrad.train import runner as runner_module
 from natgrad.train.checkpoint import load_checkpoint
+from strict_json import load_file
 
 
 def without_time(final: dict) -> dict:
@@ -144,8 +145,11 @@ def test_sigterm_checkpoints_and_marks_interrupted(tmp_path: Path) -> None:
     wait_for(out / "checkpoints" / "last.pt", process)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 130
-    summary = json.loads((out / "summary.json").read_text())
+    summary = load_file(out / "summary.json")
     assert summary["status"] == "interrupted"
+    # the figures where it stopped, not those of the last scheduled evaluation
+    assert summary["final"]["step"] == summary["step"] >= summary["last_recorded_step"]
+    assert summary["final"]["train_loss"] is not None
     assert load_checkpoint(out / "checkpoints" / "last.pt")["loop"]["step"] == summary["step"]
 
 

@@ -49,8 +49,28 @@ def test_point_parameters_show_the_values_the_trial_trains_with():
     assert shown["one_minus_beta1"][0] == pytest.approx(1 - hyper["beta1"])
     assert shown["eps"][0] == pytest.approx(hyper["eps"])
     assert round(shown["decay_steps_fraction"][0] * 200) == hyper["decay_steps"]
-    for value, distribution in shown.values():
-        assert distribution.low <= value <= distribution.high
+
+
+@pytest.mark.parametrize("u", [0.0, 0.37, 1 - 1e-12])
+def test_shown_parameters_lie_in_their_distributions_before_any_clipping(u):
+    """point_parameters clips to the distribution; the unclipped mapping must already
+    land inside it (within round-off), so clipping never hides a wrong mapping."""
+    space = load_space("adam", "full")
+    shown = point_parameters(space, np.full(space.dimension, u))
+    for dimension in space.dimensions:
+        raw = dimension.value(u)
+        if dimension.scale == "log1m":
+            value, distribution = shown[f"one_minus_{dimension.name}"]
+            raw = 1 - raw
+        else:
+            key = dimension.name + ("_fraction" if dimension.fraction_of_total_steps else "")
+            value, distribution = shown[key]
+        assert value == pytest.approx(raw, rel=1e-9, abs=1e-15)
+        tolerance = 1e-9 * max(abs(distribution.low), abs(distribution.high))
+        assert distribution.low - tolerance <= raw <= distribution.high + tolerance
+        edge = {0.0: distribution.low, 1 - 1e-12: distribution.high}.get(u)
+        if edge is not None and dimension.scale != "log1m":
+            assert raw == pytest.approx(edge, rel=1e-6)
 
 
 def all_point_indices(url, name):
@@ -87,6 +107,21 @@ def test_tune_resumes_and_extends_without_losing_or_repeating_trials(tmp_path, c
         assert trial.params["lr"] == pytest.approx(expected["lr"])
     output = capsys.readouterr()
     assert "optuna-dashboard" in output.out and "[tune] trials 5/5 done" in output.err
+
+
+def test_progress_reports_each_trial_as_it_finishes(tmp_path, monkeypatch, capsys):
+    """Failed trials do not improve the best value; their line still comes at once."""
+    outcomes = iter(["completed", "diverged", "diverged"])
+
+    def fake_train(config):
+        status = next(outcomes)
+        return RunResult(status, 5, {"val_error": 0.25}, [], None, diverged_at_step=3)
+
+    monkeypatch.setattr(study_module, "train", fake_train)
+    run_studies(storage_url(tmp_path, None), [SPEC], 3, workers=1)
+    err = capsys.readouterr().err
+    for line in ("trials 1/3 done, 0 failed", "trials 2/3 done, 1 failed", "3/3 done, 2 failed"):
+        assert line in err
 
 
 def test_diverged_and_crashed_trials_are_failed_with_their_reason(tmp_path, monkeypatch):

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from natgrad.curvature.doubly_factored import check_matrix_shape
 from natgrad.curvature.layers import LayerHandler, get_layer_handler
 
 SHARING_MODES = ("expand", "reduce")
@@ -42,6 +43,7 @@ class LayerCall:
     module: nn.Module
     layer_input: Tensor
     layer_output: Tensor
+    flattened_from: tuple[int, ...] | None = None  # the map's shape if nn.Flatten made the input
 
 
 @dataclass
@@ -50,7 +52,9 @@ class TrackedLayer:
 
     ``sharing`` says how several uses in one example (calls, sequence positions,
     convolution locations) enter the factors: "expand" (extra rows) or "reduce"
-    (summed output gradients, averaged inputs).
+    (summed output gradients, averaged inputs). ``doubly_factored``: "off", "on" (the
+    input is a channels x locations map: ``matrix_shape``, or found by the handler) or
+    "auto" (doubly factored when the handler finds the shape, full K-FAC otherwise).
     """
 
     name: str
@@ -58,6 +62,24 @@ class TrackedLayer:
     handler: LayerHandler
     sharing: str = "expand"
     calls: list[LayerCall] = field(default_factory=list)
+    doubly_factored: str = "off"
+    matrix_shape: tuple[int, int] | None = None
+
+    def input_matrix_shape(self, call: LayerCall) -> tuple[int, int] | None:
+        """(channels, locations) of the weight's input when doubly factored, else None."""
+        if self.doubly_factored == "off":
+            return None
+        shape = self.matrix_shape or self.handler.input_matrix_shape(call.module, call)
+        if shape is None:
+            if self.doubly_factored == "on":
+                raise ValueError(
+                    f"doubly-factored layer {self.name}: the channels x locations shape of its "
+                    "input is unknown (no nn.Flatten of a (N, C, ...) map feeds it); give it "
+                    f"as doubly_factored={{{self.name!r}: (channels, locations)}}"
+                )
+            return None
+        in_features = self.weight.reshape(self.weight.shape[0], -1).shape[1]
+        return check_matrix_shape(self.name, in_features, shape)
 
     @property
     def module(self) -> nn.Module:
@@ -112,6 +134,15 @@ def _attention_children(model: nn.Module) -> set[int]:
     return inside
 
 
+def _without_handler(module: nn.Module) -> str:
+    """ "Type" for a module no handler covers; attention also names its own weights."""
+    kind = type(module).__name__
+    if isinstance(module, nn.MultiheadAttention):
+        names = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        return f"{kind}: {', '.join(names)} used functionally"
+    return kind
+
+
 def _candidate_reason(name: str, module: nn.Module, exclude, attention) -> str | None:
     """Why ``module`` (which has a handler) cannot be tracked, or None if it can."""
     if _is_excluded(name, exclude):
@@ -149,7 +180,7 @@ def plan_tracking(
         handler = get_layer_handler(module)
         if handler is None:
             if _trainable_direct_params(module):
-                untracked[name or "(root)"] = type(module).__name__
+                untracked[name or "(root)"] = _without_handler(module)
             continue
         reason = _candidate_reason(name, module, exclude, attention)
         if reason is not None:
@@ -208,6 +239,7 @@ class CurvatureCapture:
     root_inputs: tuple = ()
     active: bool = False
     _handles: list[RemovableHandle] = field(default_factory=list)
+    _flattened: dict[int, tuple[Tensor, tuple[int, ...]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         root = unwrap_model(self.model)
@@ -215,14 +247,25 @@ class CurvatureCapture:
         for layer in self.layers:
             for module in layer.modules:
                 self._handles.append(module.register_forward_hook(self._recorder(layer)))
+        if any(layer.doubly_factored != "off" for layer in self.layers):
+            for module in root.modules():
+                if isinstance(module, nn.Flatten):
+                    self._handles.append(module.register_forward_hook(self._record_flatten))
 
     def _record_root(self, module: nn.Module, args: tuple) -> None:
         self.root_inputs = args
 
+    def _record_flatten(self, module: nn.Flatten, args: tuple, output: Tensor) -> None:
+        """Remember the map an nn.Flatten(start_dim=1) flattened, by its output tensor."""
+        if self.active and module.start_dim == 1 and args[0].dim() >= 3:
+            self._flattened[id(output)] = (output, tuple(args[0].shape[1:]))
+
     def _recorder(self, layer: TrackedLayer):
         def record(module: nn.Module, args: tuple, output: Tensor) -> None:
             if self.active and torch.is_grad_enabled():
-                layer.calls.append(LayerCall(module, args[0].detach(), output))
+                entry = self._flattened.get(id(args[0]))
+                source = entry[1] if entry is not None and entry[0] is args[0] else None
+                layer.calls.append(LayerCall(module, args[0].detach(), output, source))
 
         return record
 
@@ -238,6 +281,7 @@ class CurvatureCapture:
 
     def clear(self) -> None:
         """Drop the recorded calls (frees the graph they hold)."""
+        self._flattened.clear()
         for layer in self.layers:
             layer.calls = []
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from natgrad.curvature.capture import TrackedLayer
+from natgrad.curvature.doubly_factored import DoublyFactoredFactors, doubly_factored_factors
 from natgrad.curvature.likelihoods import Likelihood
 
 FISHER_KINDS = ("mc", "exact", "empirical")
@@ -37,6 +38,9 @@ class KroneckerFactors:
 
     A: Tensor
     G: Tensor
+
+    def matrices(self) -> tuple[Tensor, ...]:
+        return (self.A, self.G)
 
 
 def _gradients_or_none(total: Tensor, layer_outputs: Sequence[Tensor], **kwargs) -> tuple:
@@ -102,7 +106,7 @@ def layer_batch_factors(
     call_grads: Sequence[Sequence[Tensor | None]],
     num_examples: int,
     count: int | None = None,
-) -> KroneckerFactors | None:
+) -> KroneckerFactors | DoublyFactoredFactors | None:
     """A and G of one layer from its recorded calls (float32); None if no call reached the loss.
 
     ``call_grads[c]`` holds the gradients at the output of call c (one per
@@ -114,6 +118,9 @@ def layer_batch_factors(
       for convolutions this is the KFC scaling (REFERENCES.md s.4);
     - "reduce": a~_n = mean_r a_bar_{n,r}, g~_n = sum_r g_{n,r};
       A = sum_n a~ a~^T / N, G = sum_n g~ g~^T / N.
+
+    A doubly-factored layer gets K, Psi and G instead, from the same activation rows
+    (:mod:`natgrad.curvature.doubly_factored`).
     """
     used = [
         (call, grads)
@@ -132,8 +139,13 @@ def layer_batch_factors(
             columns = [g[:count] for g in columns]
         gradients.append([handler.output_grad_positions(call.module, g.float()) for g in columns])
     if layer.sharing == "reduce":
-        return _reduced_factors(layer.name, activations, gradients, num_examples)
-    return _expanded_factors(activations, gradients, num_examples)
+        a_rows, G = _reduced_rows(layer.name, activations, gradients, num_examples)
+    else:
+        a_rows, G = _expanded_rows(activations, gradients, num_examples)
+    shape = layer.input_matrix_shape(used[0][0])
+    if shape is not None:
+        return doubly_factored_factors(a_rows, shape, layer.bias is not None, G)
+    return KroneckerFactors(_gram(a_rows, a_rows.shape[0]), G)
 
 
 def _gram(rows: Tensor, divisor: int) -> Tensor:
@@ -141,15 +153,17 @@ def _gram(rows: Tensor, divisor: int) -> Tensor:
     return gram.div_(divisor)
 
 
-def _expanded_factors(activations: list, gradients: list, num_examples: int) -> KroneckerFactors:
+def _expanded_rows(activations: list, gradients: list, num_examples: int) -> tuple[Tensor, Tensor]:
+    """Every position of every call as a row of a_bar, and G."""
     a_rows = torch.cat([a.reshape(-1, a.shape[-1]) for a in activations])
     g_rows = torch.cat([g.reshape(-1, g.shape[-1]) for columns in gradients for g in columns])
-    return KroneckerFactors(_gram(a_rows, a_rows.shape[0]), _gram(g_rows, num_examples))
+    return a_rows, _gram(g_rows, num_examples)
 
 
-def _reduced_factors(
+def _reduced_rows(
     name: str, activations: list, gradients: list, num_examples: int
-) -> KroneckerFactors:
+) -> tuple[Tensor, Tensor]:
+    """One row per example (a_bar averaged over its positions), and G of the summed g."""
     if any(a.shape[0] != num_examples for a in activations):
         raise ValueError(
             f"sharing='reduce' for layer {name} needs inputs with the batch as their first "
@@ -157,10 +171,10 @@ def _reduced_factors(
         )
     a_mean = torch.cat(activations, dim=1).mean(dim=1)
     g_sums = [torch.cat(column, dim=1).sum(dim=1) for column in zip(*gradients, strict=True)]
-    return KroneckerFactors(_gram(a_mean, num_examples), _gram(torch.cat(g_sums), num_examples))
+    return a_mean, _gram(torch.cat(g_sums), num_examples)
 
 
-def all_finite(factors: Sequence[KroneckerFactors]) -> Tensor:
+def all_finite(factors: Sequence[KroneckerFactors | DoublyFactoredFactors]) -> Tensor:
     """A 0-d bool tensor: whether every factor is finite (no host sync).
 
     A Gram matrix R^T R has a NaN or infinite entry only if a row entry is NaN or
@@ -168,7 +182,7 @@ def all_finite(factors: Sequence[KroneckerFactors]) -> Tensor:
     (R^T R)_ii = sum_r R_ri^2 is NaN or infinite too; so the traces decide, at the cost
     of one reduction over each diagonal instead of a pass over every entry.
     """
-    traces = [torch.trace(f.A) for f in factors] + [torch.trace(f.G) for f in factors]
+    traces = [torch.trace(matrix) for f in factors for matrix in f.matrices()]
     return torch.isfinite(torch.stack(traces)).all()
 
 

@@ -3,6 +3,8 @@
 Lookup order for a dataset NAME (first folder holding all four IDX files wins):
 
 1. ``data_dir`` (the ``--data-dir`` option): ``data_dir/NAME``, then ``data_dir`` itself;
+   an explicit ``data_dir`` is the only place looked at (a run whose config records
+   DIR must have read DIR), so the places below serve only when it is not given;
 2. ``$NATGRAD_DATA/NAME``;
 3. system folders from Debian packages (``/usr/share/datasets/fashion-mnist`` from
    ``dataset-fashion-mnist``);
@@ -82,7 +84,7 @@ def candidates(name: str, data_dir: str | os.PathLike[str] | None) -> list[Candi
     found: list[Candidate] = []
     if data_dir is not None:
         root = Path(data_dir).expanduser()
-        found += [Candidate("--data-dir", root / name), Candidate("--data-dir", root)]
+        return [Candidate("--data-dir", root / name), Candidate("--data-dir", root)]
     env_value = os.environ.get(DATA_ENV)
     env_path = Path(env_value).expanduser() / name if env_value else None
     found.append(Candidate(f"${DATA_ENV}", env_path))
@@ -94,8 +96,9 @@ def candidates(name: str, data_dir: str | os.PathLike[str] | None) -> list[Candi
 def find_dataset(name: str, data_dir: str | None = None) -> Path:
     """The folder holding the four IDX files of ``name`` ("fashion-mnist" or "mnist").
 
-    Looks in --data-dir (its NAME subfolder, then itself), $NATGRAD_DATA/NAME, system
-    package folders and ~/.cache/natgrad/NAME, in that order, and returns the first
+    Looks in --data-dir (its NAME subfolder, then itself) when given and nowhere else;
+    otherwise in $NATGRAD_DATA/NAME, system package folders and ~/.cache/natgrad/NAME,
+    in that order. Returns the first
     folder with all of train/t10k images/labels (each .gz or raw). Raises ValueError for
     an unknown name and DatasetNotFoundError listing every place looked at, why it did
     not qualify, and the commands that install the data.

@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 
 from natgrad.data import embedded
-from natgrad.data.idx import expect_shape, read_idx
+from natgrad.data.idx import IDXError, expect_shape, read_idx
 from natgrad.data.locate import find_dataset, idx_file
 
 IDX_VALIDATION_SIZE = 10_000
 MNIST_SIDE = 28
+IDX_CLASSES = 10  # MNIST digits and Fashion-MNIST garments: labels 0..9
 
 DATASETS: dict[str, str] = {
     "fashion-mnist": "Fashion-MNIST, 28x28 clothing images, 10 classes: 50k train / 10k val "
@@ -124,7 +125,21 @@ def read_image_label_pair(folder: Path, prefix: str) -> tuple[torch.Tensor, torc
     images, labels = read_idx(image_path), read_idx(label_path)
     expect_shape(image_path, images, (None, MNIST_SIDE, MNIST_SIDE))
     expect_shape(label_path, labels, (len(images),))
-    return pixels_to_unit(images).unsqueeze(1), labels.to(torch.int64)
+    labels = labels.to(torch.int64)
+    check_labels(label_path, labels, IDX_CLASSES)
+    return pixels_to_unit(images).unsqueeze(1), labels
+
+
+def check_labels(path: Path, labels: torch.Tensor, classes: int) -> None:
+    """IDXError naming the file unless every label lies in 0..classes-1."""
+    outside = (labels < 0) | (labels >= classes)
+    if bool(outside.any()):
+        position = int(outside.nonzero()[0, 0])
+        raise IDXError(
+            f"{path}: {int(outside.sum())} label(s) outside the {classes} classes 0..{classes - 1} "
+            f"(the first is {int(labels[position])} at index {position}); the labels file is "
+            "corrupt, fetch it again with `natgrad data fetch`"
+        )
 
 
 def pixels_to_unit(images: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from optuna.trial import TrialState
 
 from natgrad.experiments.registry import (
     PRESET_OPTION,
@@ -57,6 +56,7 @@ from natgrad.tune.study import (
     NUMERICAL_FAILURES,
     Heartbeat,
     StudySpec,
+    finish_trial,
     point_parameters,
     trial_records,
 )
@@ -244,16 +244,10 @@ def run_scaling_trial(study: optuna.Study, trial: optuna.Trial, spec: ScalingStu
             flush=True,
         )
     trial.set_user_attr("duration_s", time.perf_counter() - started)
-    trial.set_user_attr("status", attempt.status)
     trial.set_user_attr("history", attempt.history)
     trial.set_user_attr("reached", attempt.steps is not None)
-    if attempt.reason:
-        trial.set_user_attr("reason", attempt.reason)
-    if attempt.status == "completed":
-        study.tell(trial, math.inf if attempt.steps is None else float(attempt.steps))
-    else:
-        study.tell(trial, state=TrialState.FAIL)
-    return attempt.status
+    value = math.inf if attempt.steps is None else float(attempt.steps)
+    return finish_trial(study, trial, attempt.status, attempt.reason, value)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ the built-in ones, so importing this module through the package fills ``EXPERIME
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from natgrad.jsonio import write_json
 from natgrad.registry import Registry
 
 
@@ -84,9 +84,8 @@ def get_experiment(name: str) -> Experiment:
 
 
 def write_results(out_dir: Path, results: dict) -> None:
-    """Write ``results`` as indented JSON to ``out_dir/results.json``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    """Write ``results`` as standard, indented JSON to ``out_dir/results.json``."""
+    write_json(out_dir / "results.json", results)
 
 
 @contextmanager

@@ -182,6 +182,8 @@ class RMSProp(FirstOrderOptimizer):
 
     ``v <- rho v + (1 - rho) g^2`` and ``theta <- theta - m``. With ``rho = 1`` and
     ``eps = 0`` it is Momentum. ``eps_inside_sqrt=True`` uses ``sqrt(v + eps)`` instead.
+    torch.optim.RMSprop's name ``alpha`` is accepted for ``rho`` (the update stays the
+    one above).
     """
 
     def __init__(
@@ -195,7 +197,12 @@ class RMSProp(FirstOrderOptimizer):
         *,
         eps_inside_sqrt: bool = False,
         foreach: bool | None = None,
+        alpha: float | None = None,
     ) -> None:
+        if alpha is not None:
+            if rho != 0.9:
+                raise ValueError("give rho or alpha (torch's name for rho), not both")
+            rho = alpha
         _check_unit_interval("momentum", momentum)
         _check_unit_interval("rho", rho)
         _check_at_least_zero("eps", eps)
@@ -230,6 +237,8 @@ class Adam(FirstOrderOptimizer):
 
     ``m <- beta1 m + (1 - beta1) g``, ``v <- beta2 v + (1 - beta2) g^2``,
     ``theta <- theta - lr * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + eps)``.
+    torch.optim.Adam's ``betas=(beta1, beta2)`` is accepted too (by keyword, or as the
+    third positional argument, as torch orders them).
     """
 
     nesterov = False
@@ -244,7 +253,12 @@ class Adam(FirstOrderOptimizer):
         weight_decay: float = 0.0,
         *,
         foreach: bool | None = None,
+        betas: tuple[float, float] | None = None,
     ) -> None:
+        if isinstance(beta1, (tuple, list)):  # torch's positional order: params, lr, betas
+            betas, beta1 = beta1, 0.9
+        if betas is not None:
+            beta1, beta2 = _split_betas(betas, beta1, beta2)
         _check_unit_interval("beta1", beta1, include_one=False)
         _check_unit_interval("beta2", beta2)
         _check_at_least_zero("eps", eps)
@@ -267,6 +281,15 @@ class Adam(FirstOrderOptimizer):
             nesterov=self.nesterov,
             foreach=foreach,
         )
+
+
+def _split_betas(betas, beta1: float, beta2: float) -> tuple[float, float]:
+    """(beta1, beta2) from torch's ``betas``; ValueError if beta1/beta2 were also given."""
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    if (beta1, beta2) != (0.9, 0.999):
+        raise ValueError("give betas or beta1/beta2, not both")
+    return float(betas[0]), float(betas[1])
 
 
 class NAdam(Adam):

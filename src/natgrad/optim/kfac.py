@@ -24,6 +24,11 @@ gradients and runs the backward passes itself. K-FAC's own forwards (statistics
 sub-batch, damping rule) leave the model's buffers as the closure's forward left them.
 Host syncs: one per statistics step (the finiteness check), the Cholesky/eigen calls
 of an inverse step, and one per damping adaptation; the plain step has none.
+
+On several ranks (``natgrad.distributed``; picked up from an initialized process
+group) the coordinator averages the gradients (unless DistributedDataParallel did),
+the batch factors and the losses over ranks, and decides which rank refreshes which
+layer's inverse and when it is swapped in; docs/DISTRIBUTED.md.
 """
 
 from __future__ import annotations
@@ -40,10 +45,18 @@ from natgrad.curvature.capture import (
     plan_tracking,
     unwrap_model,
 )
+from natgrad.curvature.doubly_factored import check_matrix_shape
 from natgrad.curvature.kronecker import all_finite, ema_decay
 from natgrad.curvature.likelihoods import get_likelihood
 from natgrad.curvature.statistics import LayerFactors, StatisticsCollector, no_autocast
-from natgrad.optim.kfac_config import PLAIN_DEFAULTS, check_options, preset_options
+from natgrad.distributed.coordinator import Coordinator, default_coordinator
+from natgrad.optim.closure import closure_result
+from natgrad.optim.kfac_config import (
+    DOUBLY_FACTORED_MIN_INPUTS,
+    PLAIN_DEFAULTS,
+    check_options,
+    preset_options,
+)
 from natgrad.optim.kfac_rules import (
     DampingConfig,
     FixedStepRule,
@@ -53,6 +66,12 @@ from natgrad.optim.kfac_rules import (
     penalty_change,
 )
 from natgrad.optim.quadratic_model import QuadraticModel
+from natgrad.precondition.choice import (
+    LayerPreconditioner,
+    owns_curvature_key,
+    preconditioner_for,
+    preconditioner_for_state,
+)
 from natgrad.precondition.damping import damping_gamma
 from natgrad.precondition.kronecker import KroneckerPreconditioner
 
@@ -95,10 +114,18 @@ class KFAC(torch.optim.Optimizer):
         kl_clip: C for the norm constraint nu = min(1, sqrt(C / (lr^2 sum <V, U>))).
         sharing: "expand" or "reduce" (Eschenhagen et al. 2023) for every layer, or a
             mapping from qualified layer names to modes (others: "expand").
+        doubly_factored: three-factor layers (Ba, Grosse & Martens 2017) for very large
+            inputs that are channels x locations maps: "off"; "auto" (a layer with at
+            least DOUBLY_FACTORED_MIN_INPUTS inputs, when its shape is known: a
+            convolution's patch, a Linear fed by nn.Flatten of a (N, C, ...) map); layer
+            names (a list, or one comma-separated string); or a mapping from layer names
+            to "on" or a (channels, locations) shape.
         exclude: qualified module names left to the fallback optimizer.
         fallback: factory ``(params, lr=, momentum=, weight_decay=)`` for parameters that
             are not in tracked layers; default natgrad.optim.Momentum.
     """
+
+    _coordinator: Coordinator | None = None
 
     def __init__(
         self,
@@ -123,6 +150,7 @@ class KFAC(torch.optim.Optimizer):
         fallback: FallbackFactory | None = None,
         damping_config: DampingConfig = DEFAULT_DAMPING_CONFIG,
         sharing: str | Mapping[str, str] = _D["sharing"],
+        doubly_factored: str | Sequence[str] | Mapping = _D["doubly_factored"],
     ) -> None:
         options = {name: value for name, value in locals().items() if name in _D or name == "lr"}
         check_options(options)
@@ -135,10 +163,13 @@ class KFAC(torch.optim.Optimizer):
         self.adapt_damping, self.adapt_step = adapt_damping, adapt_step
         self.damping_config = damping_config
         self.layers, untracked = self._plan(model, tuple(exclude), sharing)
+        _assign_doubly_factored(self.layers, doubly_factored)
         params = [p for p in unwrap_model(model).parameters() if p.requires_grad]
         defaults = dict(lr=lr, momentum=momentum, damping=damping, weight_decay=weight_decay)
         super().__init__(params, defaults)
-        self.preconditioners = [KroneckerPreconditioner(inverse) for _ in self.layers]
+        self.preconditioners: list[LayerPreconditioner] = [
+            KroneckerPreconditioner(inverse) for _ in self.layers
+        ]  # a layer whose statistics come doubly factored gets that kind on its first update
         self.fallback = self._build_fallback(fallback or _default_fallback, untracked)
         self.generator = self._sampling_generator(params)
         self.statistics = StatisticsCollector(
@@ -154,6 +185,20 @@ class KFAC(torch.optim.Optimizer):
         self.stat_updates = 0
         self.skipped_statistics = 0
 
+    @property
+    def coordinator(self) -> Coordinator:
+        """Who computes what across ranks (natgrad.distributed): on first use, data-parallel
+        over the initialized process group, else the local computation. Assign a
+        ``Coordinator`` before the first step for other choices (gather, async inverses)."""
+        if self._coordinator is None:
+            self.coordinator = default_coordinator()
+        return self._coordinator
+
+    @coordinator.setter
+    def coordinator(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+        self.quadratic_model.reduce_mean = coordinator.reduce_mean
+
     @classmethod
     def from_preset(cls, name: str, model: nn.Module, **overrides) -> KFAC:
         """K-FAC with the measured configuration ``name`` ("kfac" or "kfac_adaptive"),
@@ -161,8 +206,8 @@ class KFAC(torch.optim.Optimizer):
         weight_decay, damping, ...) replace single options."""
         return cls(model, **{**preset_options(name), **overrides})
 
-    def preconditioner(self, module: nn.Module) -> KroneckerPreconditioner:
-        """The preconditioner (running A, G and decomposition) of the layer ``module`` is in."""
+    def preconditioner(self, module: nn.Module) -> LayerPreconditioner:
+        """The preconditioner (running factors and decomposition) of the layer ``module`` is in."""
         for layer, preconditioner in zip(self.layers, self.preconditioners, strict=True):
             if any(member is module for member in layer.modules):
                 return preconditioner
@@ -212,19 +257,23 @@ class KFAC(torch.optim.Optimizer):
     # ------------------------------------------------------------ the step
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
-        """One K-FAC update; returns the closure's loss (detached tensor, no host sync)."""
+        """One K-FAC update; returns the closure's loss (detached tensor, no host sync), on
+        several ranks the loss of the whole batch."""
         if closure is None:
             raise ValueError("KFAC.step needs a closure returning (loss, outputs)")
         group = self.param_groups[0]
-        self.steps += 1
         for p in group["params"]:
             p.grad = None
-        stats_due = bool(self.layers) and (self.steps - 1) % self.stat_every == 0
-        loss, _, batch_inputs, batch_factors = self.statistics.forward_backward(
-            lambda: _closure_result(closure), stats_due
+        stats_due = bool(self.layers) and self.steps % self.stat_every == 0
+        loss, outputs, batch_inputs, batch_factors = self.statistics.forward_backward(
+            lambda: closure_result(closure, "KFAC"), stats_due
         )
+        self.steps += 1  # counted once the closure kept its contract
         with torch.no_grad(), no_autocast(loss):
+            examples = outputs.shape[0] if outputs.dim() > 0 else 1
+            loss = self.coordinator.reduce_gradients(self.model, group["params"], loss, examples)
             if batch_factors is not None:
+                batch_factors = self.coordinator.reduce_factors(batch_factors, examples)
                 self.update_statistics(batch_factors)
             gamma = damping_gamma(group["damping"], group["weight_decay"])
             self.update_inverses(gamma, force=(self.steps - 1) % self.inv_every == 0)
@@ -263,7 +312,8 @@ class KFAC(torch.optim.Optimizer):
     ) -> None:
         """Levenberg-Marquardt on rho = (h(theta + d) - h(theta)) / (M(d) - M(0)); one host sync."""
         with torch.no_grad(), buffers_restored(self.model):
-            new_loss, _ = _closure_result(closure)
+            new_loss, _ = closure_result(closure, "KFAC", needs_grad=False)
+            new_loss = self.coordinator.reduce_mean(new_loss.detach().float())
         actual = new_loss.detach().float() - loss.detach().float() + penalty
         group["damping"], self.last_rho = self.damping_rule.adapt(
             group["damping"], actual, predicted
@@ -291,16 +341,26 @@ class KFAC(torch.optim.Optimizer):
             return False
         self.stat_updates += 1
         decay = ema_decay(self.stat_updates, self.stat_decay)
-        for preconditioner, factors in zip(self.preconditioners, batch_factors, strict=True):
+        for index, factors in enumerate(batch_factors):
             if factors is not None:
-                preconditioner.update(factors.A, factors.G, decay)
+                self._preconditioner_keeping(index, factors).update_factors(factors, decay)
         return True
 
+    def _preconditioner_keeping(self, index: int, factors) -> LayerPreconditioner:
+        """Layer ``index``'s preconditioner, replaced by the kind ``factors`` need while empty."""
+        current = self.preconditioners[index]
+        if not current.accepts(factors):
+            if current.has_factors:
+                raise RuntimeError(
+                    f"layer {self.layers[index].name}: its statistics changed kind between steps"
+                )
+            self.preconditioners[index] = preconditioner_for(factors, self.inverse_method)
+        return self.preconditioners[index]
+
     def update_inverses(self, gamma: float, force: bool) -> None:
-        """Refresh every layer's decomposition when ``force``d, or when none exists yet."""
-        for preconditioner in self.preconditioners:
-            if preconditioner.has_factors and (force or not preconditioner.ready):
-                preconditioner.refresh(gamma)
+        """Refresh every layer's decomposition when ``force``d, or when none exists yet
+        (on the rank and at the step the coordinator decides)."""
+        self.coordinator.refresh_inverses(self.preconditioners, gamma, force)
 
     # ------------------------------------------------------------ preconditioning
 
@@ -329,10 +389,7 @@ class KFAC(torch.optim.Optimizer):
 
     def precondition(self, grads: list[Tensor | None], gamma: float) -> list[Tensor | None]:
         """U = (G + gamma/pi I)^{-1} V (A + pi gamma I)^{-1} per layer (V before any factors)."""
-        return [
-            None if V is None else preconditioner.apply(V, gamma)
-            for preconditioner, V in zip(self.preconditioners, grads, strict=True)
-        ]
+        return self.coordinator.precondition(self.preconditioners, grads, gamma)
 
     def _flat(self, matrices: list[Tensor | None]) -> list[Tensor]:
         """Per-layer matrices as a list shaped like the trainable parameters (zeros elsewhere)."""
@@ -401,18 +458,18 @@ class KFAC(torch.optim.Optimizer):
             index: {
                 key: saved[index].pop(key)
                 for key in list(saved.get(index, {}))
-                if KroneckerPreconditioner.owns_key(key)
+                if owns_curvature_key(key)
             }
             for index in self._weight_indices()
         }
         self._check_factor_shapes(curvature)
         super().load_state_dict({**state_dict, "state": saved})
         self._restore_state_dtypes(saved)
-        for (index, entry), preconditioner in zip(
-            curvature.items(), self.preconditioners, strict=True
-        ):
+        for position, (index, entry) in enumerate(curvature.items()):
             device = self.param_groups[0]["params"][index].device
+            preconditioner = preconditioner_for_state(entry, self.inverse_method)
             preconditioner.load_state_dict({k: v.to(device) for k, v in entry.items()})
+            self.preconditioners[position] = preconditioner
         if extra is None:
             return
         self.steps = extra["steps"]
@@ -425,12 +482,16 @@ class KFAC(torch.optim.Optimizer):
 
     def _check_factor_shapes(self, curvature: dict[int, dict]) -> None:
         for layer, entry in zip(self.layers, curvature.values(), strict=True):
-            if "A" not in entry:
-                continue
             expected_A = layer.handler.gradient_matrix(
                 layer.module, layer.weight, layer.bias
             ).shape[::-1]
-            got = (entry["A"].shape[0], entry["G"].shape[0])
+            if "K" in entry:
+                inputs = entry["K"].shape[0] * entry["Psi"].shape[0]
+                got = (inputs + (layer.bias is not None), entry["G"].shape[0])
+            elif "A" in entry:
+                got = (entry["A"].shape[0], entry["G"].shape[0])
+            else:
+                continue
             if got != tuple(expected_A):
                 raise ValueError(
                     f"K-FAC checkpoint does not fit this model: layer {layer.name} has factors "
@@ -451,9 +512,30 @@ class KFAC(torch.optim.Optimizer):
                     self.state[param][key] = value.to(device=param.device)
 
 
-def _closure_result(closure: Closure) -> tuple[Tensor, Tensor]:
-    loss, outputs = closure()
-    return loss, outputs
+def _assign_doubly_factored(layers: list[TrackedLayer], choice) -> None:
+    """Mark the layers to doubly factor: "off", "auto", layer names, or names -> shapes."""
+    if isinstance(choice, str) and choice in ("off", "auto"):
+        for layer in layers:
+            inputs = layer.weight.reshape(layer.weight.shape[0], -1).shape[1]
+            large = inputs >= DOUBLY_FACTORED_MIN_INPUTS
+            layer.doubly_factored = "auto" if choice == "auto" and large else "off"
+        return
+    if isinstance(choice, str):
+        choice = [name.strip() for name in choice.split(",") if name.strip()]
+    requests = choice if isinstance(choice, Mapping) else dict.fromkeys(choice, "on")
+    by_name = {name: layer for layer in layers for name in layer.name.split("+")}
+    unknown = [name for name in requests if name not in by_name]
+    if unknown:
+        raise ValueError(
+            f"doubly_factored names no tracked layer: {', '.join(unknown)}; tracked layers: "
+            + ", ".join(layer.name for layer in layers)
+        )
+    for name, shape in requests.items():
+        layer = by_name[name]
+        layer.doubly_factored = "on"
+        if shape != "on":
+            in_features = layer.weight.reshape(layer.weight.shape[0], -1).shape[1]
+            layer.matrix_shape = check_matrix_shape(name, in_features, tuple(shape))
 
 
 def _assign_sharing(layers: list[TrackedLayer], sharing) -> None:
@@ -487,7 +569,7 @@ from natgrad.optim.registry import (  # noqa: E402
 )
 from natgrad.optim.schedules import SCHEDULE_HYPERPARAMETERS  # noqa: E402
 
-_REGISTERED_OPTIONS = ("lr",) + tuple(name for name in _D if name != "sharing") + ("sharing",)
+_REGISTERED_OPTIONS = ("lr",) + tuple(_D)
 
 
 def preset_hyperparameters(name: str) -> tuple[Hyperparameter, ...]:

@@ -31,7 +31,13 @@ PLAIN_DEFAULTS: dict[str, object] = {
     "adapt_step": False,
     "kl_clip": None,
     "sharing": "expand",
+    "doubly_factored": "off",
 }
+
+# "auto" doubly factors a layer whose weight sees at least this many input features
+# and whose input is a channels x locations map (docs/RESULTS.md, "Doubly-factored
+# layers": above it the full activation factor's inverse costs more than ~1 s here).
+DOUBLY_FACTORED_MIN_INPUTS = 4096
 
 OPTION_HELP: dict[str, str] = {
     "lr": "learning rate >= 0 (ignored with adapt_step)",
@@ -50,6 +56,8 @@ OPTION_HELP: dict[str, str] = {
     "adapt_step": "alpha and mu from the quadratic model",
     "kl_clip": "KL-clip constant C > 0, or None for no clipping",
     "sharing": "weight sharing (sequence positions, repeated calls): expand | reduce",
+    "doubly_factored": "three-factor layers (Ba et al. 2017): off | auto (inputs >= "
+    f"{DOUBLY_FACTORED_MIN_INPUTS} from a channels x locations map) | comma-separated layer names",
 }
 
 # Statistics every 2 steps on 1/8 of the batch, inverses every 20 steps, KL-clipped
@@ -63,6 +71,7 @@ _KFAC = {
     "stat_fraction": 0.125,
     "model_fraction": 0.125,
     "kl_clip": 1e-3,
+    "doubly_factored": "auto",
 }
 # The full algorithm of Martens & Grosse (2015, s.6-7): alpha and mu from the quadratic
 # model and Levenberg-Marquardt damping from lambda_0 = 1, with the statistics and the
@@ -120,6 +129,29 @@ def check_options(options: Mapping[str, object]) -> None:
     if kl_clip is not None and not (0.0 < kl_clip < float("inf")):
         raise ValueError(f"kl_clip must be None or a finite number > 0, got {kl_clip!r}")
     check_sharing(options["sharing"])
+    check_doubly_factored(options["doubly_factored"])
+
+
+def check_doubly_factored(value) -> None:
+    """ "off", "auto", layer names (a comma-separated string or a sequence), or a mapping
+    from layer names to "on" or a (channels, locations) shape."""
+    if isinstance(value, Mapping):
+        for name, shape in value.items():
+            if shape != "on" and not (isinstance(shape, (tuple, list)) and len(shape) == 2):
+                raise ValueError(
+                    f"doubly_factored[{name!r}] must be 'on' or (channels, locations), "
+                    f"got {shape!r}"
+                )
+        return
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("doubly_factored must be off, auto or layer names; got ''")
+        return
+    if not (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)):
+        raise ValueError(
+            "doubly_factored must be off, auto, layer names or a mapping of layer names to "
+            f"shapes; got {value!r}"
+        )
 
 
 def check_sharing(sharing) -> None:
@@ -130,4 +162,11 @@ def check_sharing(sharing) -> None:
             raise ValueError(f"sharing must be one of {', '.join(SHARING_MODES)}; got {mode!r}")
 
 
-__all__ = ["PLAIN_DEFAULTS", "PRESETS", "OPTION_HELP", "preset_options", "check_options"]
+__all__ = [
+    "PLAIN_DEFAULTS",
+    "PRESETS",
+    "OPTION_HELP",
+    "DOUBLY_FACTORED_MIN_INPUTS",
+    "preset_options",
+    "check_options",
+]

@@ -61,6 +61,7 @@ from natgrad.curvature.output_space import (
     loss_output_curvature,
 )
 from natgrad.curvature.products import CurvatureOperator
+from natgrad.optim.closure import closure_result
 from natgrad.optim.registry import (
     BuildContext,
     Hyperparameter,
@@ -234,7 +235,7 @@ class NaturalGradient(torch.optim.Optimizer):
     def _run_closure(self, closure: Closure) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
         store: list = []
         with torch.enable_grad(), self._capturing_inputs(store):
-            loss, outputs = closure()
+            loss, outputs = closure_result(closure, "NaturalGradient")
         if not store:
             raise RuntimeError("the closure did not call the model's forward")
         return loss, outputs, store[0]
@@ -375,6 +376,7 @@ register_optimizer(
         factory=_build,
         hyperparameters=_HYPERPARAMETERS + SCHEDULE_HYPERPARAMETERS,
         second_order=True,
+        data_parallel=False,  # its dense curvature is of the local batch only
     )
 )
 

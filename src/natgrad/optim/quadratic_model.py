@@ -11,6 +11,7 @@ products only, no backward pass and no parameter-space product.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +65,8 @@ class QuadraticModel:
     fraction: float = 1.0
     min_examples: int = 128
     batched_jvp: bool = True
+    # the weighted mean over ranks of a per-rank Fisher Gram (identity on one process)
+    reduce_mean: Callable[[Tensor, float], Tensor] | None = None
 
     def examples(self, batch_inputs: tuple) -> tuple:
         """The model's examples: the first max(ceil(fraction * m), min_examples), at most m."""
@@ -140,6 +143,8 @@ class QuadraticModel:
                 for i in range(size)
             ]
         )
+        if self.reduce_mean is not None:
+            fisher_gram = self.reduce_mean(fisher_gram, outputs.shape[0])
         fisher_gram = 0.5 * (fisher_gram + fisher_gram.T)
         inner = {
             (i, j): layer_dot(directions[i], directions[j])

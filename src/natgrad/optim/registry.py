@@ -8,6 +8,7 @@ closure that returns ``(loss, outputs)``; first-order ones are stepped after
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -53,6 +54,8 @@ class OptimizerSpec:
     factory: OptimizerFactory
     hyperparameters: tuple[Hyperparameter, ...] = field(default_factory=tuple)
     second_order: bool = False
+    # N ranks on shards of a batch, gradients averaged, step as one process on the batch
+    data_parallel: bool = True
 
     def defaults(self) -> dict[str, HyperValue]:
         return {h.name: h.default for h in self.hyperparameters}
@@ -91,8 +94,20 @@ def resolve_hyperparameters(spec: OptimizerSpec, overrides: dict) -> dict[str, H
             f"unknown hyperparameter(s) {', '.join(unknown)} for optimizer {spec.name!r}; "
             f"valid: {valid}"
         )
+    for name, value in overrides.items():
+        check_finite(name, value)
     values.update(overrides)
     return values
+
+
+class NonFiniteValue(ValueError):
+    """A hyperparameter given as NaN or infinity."""
+
+
+def check_finite(name: str, value: HyperValue) -> None:
+    """NonFiniteValue for a NaN or infinite number (no hyperparameter takes one)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise NonFiniteValue(f"hyperparameter {name} must be a finite number, got {value!r}")
 
 
 def parse_assignments(spec: OptimizerSpec, assignments: list[str]) -> dict[str, HyperValue]:
@@ -130,11 +145,15 @@ def coerce_value(name: str, default: HyperValue, text: str) -> HyperValue:
             return lowered in ("true", "1", "yes")
         if isinstance(default, int):
             return int(text)
-        if isinstance(default, float):
-            return float(text)
-        if default is None:
-            return None if lowered in ("none", "null") else float(text)
+        if isinstance(default, float) or default is None:
+            if default is None and lowered in ("none", "null"):
+                return None
+            value = float(text)
+            check_finite(name, value)
+            return value
         return text
+    except NonFiniteValue:
+        raise
     except ValueError:
         kind = "true/false" if isinstance(default, bool) else type(default).__name__
         raise ValueError(f"hyperparameter {name} expects a {kind} value, got {text!r}") from None

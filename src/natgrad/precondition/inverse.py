@@ -68,6 +68,11 @@ def symmetric_inverse(matrix: Tensor) -> Tensor:
     return _robust(_cholesky_inverse, matrix)[0]
 
 
+def symmetric_eigen(matrix: Tensor) -> tuple[Tensor, Tensor]:
+    """(eigenvalues clamped at 0, eigenvectors) of a symmetric matrix, with the float64 retry."""
+    return _robust(_symmetric_eigen, matrix)
+
+
 def cholesky_decompose(A: Tensor, G: Tensor, gamma: float) -> dict[str, Tensor]:
     """Inverses of the damped factors: {"A_inv", "G_inv", "pi"}."""
     pi = factored_pi(A, G)
@@ -139,6 +144,7 @@ __all__ = [
     "decompose",
     "precondition",
     "symmetric_inverse",
+    "symmetric_eigen",
     "cholesky_decompose",
     "cholesky_precondition",
     "eigen_decompose",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from natgrad.curvature.kronecker import KroneckerFactors
 from natgrad.precondition.inverse import check_inverse_method, decompose, precondition
 
 DECOMPOSITION_PREFIX = "inverse."
@@ -37,6 +38,15 @@ class KroneckerPreconditioner:
     def ready(self) -> bool:
         """Whether a decomposition is installed (before that, :meth:`apply` is the identity)."""
         return self.decomposition is not None
+
+    @staticmethod
+    def accepts(factors) -> bool:
+        """Whether ``factors`` (a layer's batch factors) are the kind this object keeps."""
+        return isinstance(factors, KroneckerFactors)
+
+    def update_factors(self, factors: KroneckerFactors, decay: float) -> None:
+        """:meth:`update` with the factors of one batch."""
+        self.update(factors.A, factors.G, decay)
 
     def update(self, A: Tensor, G: Tensor, decay: float) -> None:
         """running <- decay * running + (1 - decay) * batch (the batch itself the first time)."""

@@ -1,24 +1,16 @@
-"""Command-line front of the report: ``natgrad report DIR``."""
+"""Reading what ``natgrad report`` renders: results.json of a ``natgrad compare`` folder,
+or of the ``nqm`` and ``batch-scaling`` experiments."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-
-def add_report_parser(commands) -> None:
-    parser = commands.add_parser(
-        "report",
-        help="write report.md, report.html and figures of a `natgrad compare` folder "
-        "(or of `natgrad experiment nqm|batch-scaling`)",
-    )
-    parser.add_argument("folder", help="the --out folder of `natgrad compare` or the experiment")
-    parser.set_defaults(handler=run_report)
+RESULTS_KEYS = ("config", "studies", "ranking", "inclusion", "rank_flips", "warnings")
 
 
-def load_results(folder: Path) -> dict:
-    """results.json of a comparison folder; ValueError if it is missing or unreadable."""
+def read_results(folder: Path) -> dict:
+    """results.json of ``folder`` as it is; ValueError if it is missing or unreadable."""
     path = Path(folder) / "results.json"
     if not path.exists():
         raise ValueError(
@@ -30,12 +22,26 @@ def load_results(folder: Path) -> dict:
         raise ValueError(f"{path} is not valid JSON: {error}") from None
 
 
-def run_report(args: argparse.Namespace) -> int:
+def write_results_report(folder: Path) -> dict[str, Path]:
+    """The report of a folder with results.json: a comparison or a scaling experiment."""
     from natgrad.report.document import write_report
     from natgrad.report.scaling import is_scaling_results, write_scaling_report
 
-    results = load_results(Path(args.folder))
-    write = write_scaling_report if is_scaling_results(results) else write_report
-    written = write(results, Path(args.folder))
-    print(f"report: {written['markdown']} and {written['html']}")
-    return 0
+    results = read_results(folder)
+    if is_scaling_results(results):
+        return write_scaling_report(results, folder)
+    return write_report(load_results(folder), folder)
+
+
+def load_results(folder: Path) -> dict:
+    """results.json of a comparison folder; ValueError if it is missing, unreadable or
+    lacks the keys that `natgrad compare` writes."""
+    path = Path(folder) / "results.json"
+    results = read_results(folder)
+    missing = [key for key in RESULTS_KEYS if not isinstance(results, dict) or key not in results]
+    if missing:
+        raise ValueError(
+            f"{path} is not the results of `natgrad compare` (it lacks {', '.join(missing)}); "
+            f"run `natgrad compare --out {folder}` again"
+        )
+    return results

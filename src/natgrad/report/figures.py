@@ -32,7 +32,7 @@ def _colour(index: int):
     return plt.get_cmap("tab10")(index % 10)
 
 
-def _save(figure, path: Path) -> Path:
+def save_figure(figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=FIGURE_DPI)
     plt.close(figure)
@@ -56,7 +56,7 @@ def best_of_k_figure(results: dict, path: Path) -> Path:
             title=f"{space} space",
         )
         axis.legend(fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def final_error_figure(results: dict, path: Path) -> Path:
@@ -82,7 +82,7 @@ def final_error_figure(results: dict, path: Path) -> Path:
         ylabel=results["config"]["test_metric"], title="re-run of the best trial (95% interval)"
     )
     axis.legend()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _mean_curve(reruns: list[dict], column: int) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +111,7 @@ def curves_figure(results: dict, path: Path, column: int, xlabel: str) -> Path:
             xlabel=xlabel, ylabel=results["config"]["metric"], yscale="log", title=f"{space} space"
         )
         axis.legend(fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def lr_eps_figure(results: dict, path: Path) -> Path | None:
@@ -150,7 +150,7 @@ def lr_eps_figure(results: dict, path: Path) -> Path | None:
         if failed:
             axis.legend(fontsize=8)
         figure.colorbar(scatter, ax=axis, label=results["config"]["metric"])
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def write_figures(results: dict, out_dir: Path) -> dict[str, Path]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,50 @@ def write_atomically(path: Path, payload: Any) -> None:
         raise
 
 
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "loop", "rng")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable, not a natgrad checkpoint, or from another run."""
+
+
 def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint written by :func:`write_atomically` without unpickling objects."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint written by :func:`write_atomically` without unpickling objects.
+
+    Raises CheckpointError naming the file when it is empty, truncated, corrupt, holds
+    objects that ``weights_only=True`` refuses, or lacks the parts of a natgrad
+    checkpoint (model, optimizer, scheduler, loop, rng).
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({unreadable_reason(path, error)}); "
+            "delete it to start again, or pass another --out"
+        ) from None
+    missing = [
+        key for key in CHECKPOINT_KEYS if not isinstance(payload, dict) or key not in payload
+    ]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} is not a natgrad checkpoint (it lacks {', '.join(missing)}); "
+            "delete it to start again, or pass another --out"
+        )
+    return payload
+
+
+def unreadable_reason(path: Path, error: Exception) -> str:
+    """A short reason for a failed load, without torch's advice to unpickle the file."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if "Unsupported global" in str(error):
+        return "it holds Python objects, which natgrad checkpoints never do"
+    return f"truncated or corrupt: {type(error).__name__}"
 
 
 def capture_rng_state() -> dict:

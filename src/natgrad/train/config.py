@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 from natgrad.optim.registry import get_optimizer_spec, resolve_hyperparameters
 from natgrad.workloads import get_workload
 
@@ -39,7 +41,29 @@ class RunConfig:
         validate_positive(resolved, ("steps", "batch_size", "eval_every"))
         if resolved["checkpoint_every"] < 0:
             raise ValueError("checkpoint_every must be >= 0 (0 = only at the end and on signals)")
+        check_device(self.device)
         return resolved
+
+
+def check_device(name: str) -> None:
+    """ValueError unless ``name`` is a torch device that this machine has."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"unknown device {name!r}; valid: cpu, cuda, cuda:N, mps (torch device names)"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked but CUDA is not available here; use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {name!r} asked but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} asked but MPS is not available here; use cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {name!r} is not supported; valid: cpu, cuda, cuda:N, mps")
 
 
 def validate_positive(values: dict, names: tuple[str, ...]) -> None:

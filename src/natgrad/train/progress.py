@@ -18,6 +18,7 @@ class Progress:
         self.description = description
         self.started = time.perf_counter()
         self.start_step = start
+        self.latest: dict[str, str] = {}
         self.bar = (
             tqdm(total=total, initial=start, desc=description, dynamic_ncols=True, leave=False)
             if self.interactive
@@ -28,9 +29,19 @@ class Progress:
         if self.bar is not None:
             self.bar.update(1)
             if step % 10 == 0:
-                self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+                self.latest["loss"] = f"{loss:.4g}"
+                self.bar.set_postfix(self.latest, refresh=False)
 
     def log_eval(self, step: int, metrics: dict) -> None:
+        """Show the latest validation figures: on the bar, or as one log line."""
+        validation = {
+            key: f"{value:.4g}"
+            for key, value in metrics.items()
+            if key.startswith("val_") and isinstance(value, float)
+        }
+        self.latest.update(validation)
+        if self.bar is not None:
+            self.bar.set_postfix(self.latest, refresh=False)
         if not self.enabled or self.bar is not None:
             return
         elapsed = time.perf_counter() - self.started

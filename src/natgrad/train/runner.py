@@ -4,6 +4,12 @@ A run folder holds config.json, metrics.jsonl (one object per evaluation), summa
 (status completed | diverged | interrupted, final metrics) and checkpoints/. Batches are a
 pure function of (seed, step), and checkpoints carry the model, optimizer, scheduler and
 RNG states, so a run resumed from a checkpoint ends exactly as the uninterrupted run.
+
+Under torchrun (``natgrad train --nproc N``), each of the N ranks steps on rows
+[r m / N, (r + 1) m / N) of the same batch: K-FAC averages gradients and factors
+itself (natgrad.distributed), other optimizers step a DistributedDataParallel model.
+Rank 0 alone evaluates and writes the run folder; checkpoints hold the plain model,
+so a run resumes with any number of ranks.
 """
 
 from __future__ import annotations
@@ -21,9 +27,17 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from natgrad.distributed.comms import any_rank, from_rank_zero, mean_over_ranks
+from natgrad.distributed.coordinator import World
+from natgrad.distributed.launch import rank_device
+from natgrad.folders import folder_kind
+from natgrad.jsonio import dumps as json_dumps
+from natgrad.jsonio import write_json, write_text_atomically
+from natgrad.optim.kfac import KFAC
 from natgrad.optim.registry import BuildContext, OptimizerSpec, get_optimizer_spec
 from natgrad.optim.schedules import build_schedule, split_schedule_hyperparameters
 from natgrad.train.checkpoint import (
+    CheckpointError,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
@@ -187,21 +201,37 @@ def prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:
     ``overwrite`` removes only a run's own files, and only from a folder that holds
     nothing else: pointing ``--out`` at a folder of other work never deletes it.
     """
-    if resume and overwrite:
-        raise RunFolderError("--resume and --overwrite exclude each other: choose one")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if overwrite:
-            remove_run_files(out_dir)
-        elif not resume:
-            raise RunFolderError(
-                f"{out_dir} already holds files; pass --resume to continue that run "
-                "or --overwrite to replace it"
-            )
+    check_run_folder(out_dir, None, resume, overwrite)
+    if out_dir.exists() and any(out_dir.iterdir()) and overwrite:
+        remove_run_files(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def remove_run_files(out_dir: Path) -> None:
-    """Delete a previous run from ``out_dir``; RunFolderError if anything else is there."""
+def check_run_folder(out_dir: Path, resolved: dict | None, resume: bool, overwrite: bool) -> None:
+    """RunFolderError if ``out_dir`` cannot be used as asked (touches nothing); with a
+    ``resolved`` config, a run to resume must have the same settings."""
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite exclude each other: choose one")
+    if folder_kind(out_dir) == "study":
+        raise RunFolderError(
+            f"{out_dir} is a study folder of `natgrad tune` or `natgrad compare`, not a "
+            "training run; pass another --out"
+        )
+    if not (out_dir.exists() and any(out_dir.iterdir())):
+        return
+    if overwrite:
+        check_only_run_files(out_dir)
+    elif not resume:
+        raise RunFolderError(
+            f"{out_dir} already holds files; pass --resume to continue that run "
+            "or --overwrite to replace it"
+        )
+    elif resolved is not None and (out_dir / "config.json").exists():
+        check_same_config(out_dir, resolved)
+
+
+def check_only_run_files(out_dir: Path) -> None:
+    """RunFolderError if ``out_dir`` holds anything that is not part of a natgrad run."""
     entries = list(out_dir.iterdir())
     foreign = sorted(p.name for p in entries if p.name not in RUN_FILES and p.suffix != ".tmp")
     if foreign:
@@ -209,21 +239,35 @@ def remove_run_files(out_dir: Path) -> None:
             f"{out_dir} holds files that are not part of a natgrad run "
             f"({', '.join(foreign[:5])}); --overwrite only replaces a run folder"
         )
-    for entry in entries:
+
+
+def remove_run_files(out_dir: Path) -> None:
+    """Delete a previous run from ``out_dir``; RunFolderError if anything else is there."""
+    check_only_run_files(out_dir)
+    for entry in list(out_dir.iterdir()):
         if entry.is_dir():
             shutil.rmtree(entry)
         else:
             entry.unlink()
 
 
-def check_same_config(out_dir: Path, resolved: dict) -> None:
-    """On resume, the stored config must match (the number of steps may grow)."""
-    stored = json.loads((out_dir / "config.json").read_text())
-    differing = sorted(
+def differing_settings(stored: dict, resolved: dict) -> list[str]:
+    """Names of the settings that differ (the number of steps may grow on resume)."""
+    return sorted(
         key
         for key in set(stored) | set(resolved)
         if key != "steps" and stored.get(key) != resolved.get(key)
     )
+
+
+def check_same_config(out_dir: Path, resolved: dict) -> None:
+    """On resume, the stored config must match (the number of steps may grow)."""
+    path = out_dir / "config.json"
+    try:
+        stored = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise RunFolderError(f"cannot resume {out_dir}: {path} is not valid JSON") from None
+    differing = differing_settings(stored, json.loads(json_dumps(resolved)))
     if differing:
         raise RunFolderError(
             f"cannot resume {out_dir}: settings differ from the stored run: {', '.join(differing)}"
@@ -238,10 +282,19 @@ def read_history(path: Path, up_to_step: int) -> list[dict]:
     return [record for record in records if record["step"] <= up_to_step]
 
 
-def write_json(path: Path, payload: dict) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    temporary.replace(path)
+def check_optimizer_groups(path: Path, saved: dict, fresh: dict) -> None:
+    """CheckpointError unless the saved param_groups name the same settings as ours."""
+    saved_groups, fresh_groups = saved.get("param_groups"), fresh.get("param_groups")
+    if saved_groups is None or fresh_groups is None:
+        return
+    saved_keys = [set(group) for group in saved_groups]
+    fresh_keys = [set(group) for group in fresh_groups]
+    if saved_keys != fresh_keys:
+        raise CheckpointError(
+            f"checkpoint {path} holds the state of another optimizer (its settings "
+            f"{sorted(set().union(*saved_keys) - set().union(*fresh_keys)) or 'differ'}); "
+            "it belongs to another run"
+        )
 
 
 class Run:
@@ -256,66 +309,123 @@ class Run:
         progress: bool = False,
     ) -> None:
         self.resolved = config.resolved()
+        self.world = World.from_process_group()
+        self.spec = get_optimizer_spec(self.resolved["optimizer"])
+        check_shardable(self.resolved, self.spec, self.world.size)
         self.workload = get_workload(config.workload)
-        self.device = config.device
+        self.device = rank_device(config.device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.show_progress = progress
+        self.writes = self.out_dir is not None and self.world.rank == 0
+        self.show_progress = progress and self.world.rank == 0
         self.data = load_workload_data(self.workload, config.data_dir, self.device)
-        self.model, self.spec, self.optimizer, self.scheduler = build_components(
+        self.module, self.spec, self.optimizer, self.scheduler = build_components(
             self.resolved, self.workload, self.device
         )
+        self.model = self._stepped_model()
         self.sampler = BatchSampler(
             len(self.data.train), self.resolved["batch_size"], self.resolved["seed"], self.device
         )
         self.state = LoopState()
         self.history: list[dict] = []
         if self.out_dir is not None:
-            self._open_folder(resume, overwrite)
+            self._open_folder_on_every_rank(resume, overwrite)
+
+    def _stepped_model(self) -> nn.Module:
+        """The model the steps run: DistributedDataParallel for a first-order optimizer on
+        several ranks (K-FAC's coordinator averages the gradients itself)."""
+        if self.world.size == 1 or isinstance(self.optimizer, KFAC):
+            return self.module
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(self.module)
 
     # -- run folder -------------------------------------------------------------------
+    def _open_folder_on_every_rank(self, resume: bool, overwrite: bool) -> None:
+        """Rank 0 opens the folder (checks, overwrite, restore); the others then restore the
+        same checkpoint, or stop with rank 0's error."""
+        if self.world.size == 1:
+            self._open_folder(resume, overwrite)
+            return
+        error: Exception | None = None
+        if self.world.rank == 0:
+            try:
+                self._open_folder(resume, overwrite)
+            except (RunFolderError, ValueError, OSError) as caught:
+                error = caught
+        message = from_rank_zero(None if error is None else str(error), "opening the run folder")
+        if error is not None:
+            raise error
+        if message is not None:
+            raise RunFolderError(f"rank 0 could not open the run folder: {message}")
+        checkpoint = self.out_dir / CHECKPOINT_NAME
+        if self.world.rank != 0 and resume and checkpoint.exists():
+            self._restore(checkpoint, load_checkpoint(checkpoint))
+
     def _open_folder(self, resume: bool, overwrite: bool) -> None:
+        # Everything is checked (settings, checkpoint) before any file is changed.
         prepare_run_folder(self.out_dir, resume, overwrite)
         checkpoint = self.out_dir / CHECKPOINT_NAME
         if resume and (self.out_dir / "config.json").exists():
             check_same_config(self.out_dir, self.resolved)
         if resume and checkpoint.exists():
-            self._restore(load_checkpoint(checkpoint))
+            self._restore(checkpoint, load_checkpoint(checkpoint))
         else:
             (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
         write_json(self.out_dir / "config.json", self.resolved)
         self._rewrite_metrics()
 
     def _rewrite_metrics(self) -> None:
-        lines = "".join(json.dumps(record) + "\n" for record in self.history)
-        path = self.out_dir / "metrics.jsonl"
-        temporary = path.with_suffix(".jsonl.tmp")
-        temporary.write_text(lines)
-        temporary.replace(path)
+        lines = "".join(json_dumps(record) + "\n" for record in self.history)
+        write_text_atomically(self.out_dir / "metrics.jsonl", lines)
 
-    def _restore(self, checkpoint: dict) -> None:
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.state = LoopState(**checkpoint["loop"])
-        restore_rng_state(checkpoint["rng"])
+    def _restore(self, path: Path, checkpoint: dict) -> None:
+        """Load a checkpoint into this run; CheckpointError if it belongs to another run."""
+        settings = checkpoint.get("settings")
+        if settings is not None:
+            differing = differing_settings(settings, json.loads(json_dumps(self.resolved)))
+            if differing:
+                raise CheckpointError(
+                    f"checkpoint {path} belongs to another run (its {', '.join(differing)} "
+                    "differ from this run's); it cannot be resumed here"
+                )
+        else:  # written before checkpoints recorded their settings: check its optimizer
+            check_optimizer_groups(path, checkpoint["optimizer"], self.optimizer.state_dict())
+        try:
+            self.module.load_state_dict(checkpoint["model"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+            self.state = LoopState(**checkpoint["loop"])
+            restore_rng_state(checkpoint["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this run's model or optimizer "
+                f"({type(error).__name__}: {first_line[:200]}); it belongs to another run"
+            ) from None
         self.history = read_history(self.out_dir / "metrics.jsonl", self.state.step)
 
     def save_checkpoint(self) -> None:
-        if self.out_dir is None:
+        if not self.writes:
             return
         payload = {
-            "model": self.model.state_dict(),
+            "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "loop": vars(self.state).copy(),
             "rng": capture_rng_state(),
+            "settings": json.loads(json_dumps(self.resolved)),
         }
         write_atomically(self.out_dir / CHECKPOINT_NAME, payload)
 
     # -- evaluation -------------------------------------------------------------------
-    def record_evaluation(self) -> dict:
+    def measure(self) -> dict:
+        """The figures of the model now: validation loss (and error), mean training loss
+        since the last evaluation, learning rate and damping."""
         state = self.state
-        val = evaluate(self.model, self.workload, self.data.val.inputs, self.data.val.targets)
+        if self.world.rank != 0:  # rank 0 evaluates and writes; the others go on
+            state.loss_sum, state.loss_count = 0.0, 0
+            return {}
+        val = evaluate(self.module, self.workload, self.data.val.inputs, self.data.val.targets)
         record = {
             "step": state.step,
             "examples": state.step * self.resolved["batch_size"],
@@ -328,18 +438,29 @@ class Run:
             record["val_error"] = val["error"]
         if "damping" in self.optimizer.param_groups[0]:
             record["damping"] = float(self.optimizer.param_groups[0]["damping"])
-        state.loss_sum, state.loss_count = 0.0, 0
+        return record
+
+    def record_evaluation(self) -> dict:
+        record = self.measure()
+        self.state.loss_sum, self.state.loss_count = 0.0, 0
         self.history.append(record)
-        if self.out_dir is not None:
+        if self.writes:
             with (self.out_dir / "metrics.jsonl").open("a") as stream:
-                stream.write(json.dumps(record) + "\n")
+                stream.write(json_dumps(record) + "\n")
         return record
 
     def final_metrics(self, status: str) -> dict:
-        final = dict(self.history[-1]) if self.history else {"step": self.state.step}
-        if status == "completed" and self.resolved["evaluate_test"]:
+        """Figures at the step where the run stopped: the last evaluation when it was
+        taken there, else measured now (a diverged or interrupted run stops between
+        evaluations; that measurement is not added to metrics.jsonl, so a resumed run
+        keeps the evaluation schedule of an uninterrupted one)."""
+        if self.history and self.history[-1]["step"] == self.state.step:
+            final = dict(self.history[-1])
+        else:
+            final = self.measure()
+        if status == "completed" and self.resolved["evaluate_test"] and self.world.rank == 0:
             test = evaluate(
-                self.model, self.workload, self.data.test.inputs, self.data.test.targets
+                self.module, self.workload, self.data.test.inputs, self.data.test.targets
             )
             final.update({f"test_{key}": value for key, value in test.items()})
         return final
@@ -362,7 +483,7 @@ class Run:
                     break
                 if self.state.step % self.resolved["eval_every"] == 0 or self.state.step == total:
                     progress.log_eval(self.state.step, self.record_evaluation())
-                if flag.received is not None:
+                if any_rank(flag.received is not None, "the stop signal check", self.device):
                     status = "interrupted"
                     self.save_checkpoint()
                     break
@@ -376,9 +497,11 @@ class Run:
 
     def _advance(self) -> float:
         started = time.perf_counter()
-        indices = self.sampler.indices(self.state.step)
+        indices = shard(self.sampler.indices(self.state.step), self.world)
         inputs, targets = self.data.train.inputs[indices], self.data.train.targets[indices]
         loss = train_step(self.model, self.workload, self.spec, self.optimizer, inputs, targets)
+        if not isinstance(self.optimizer, KFAC):  # K-FAC returns the whole batch's loss
+            loss = mean_over_ranks(loss, "the loss all-reduce")
         self.scheduler.step()
         loss_value = float(loss)
         self.state.step += 1
@@ -390,12 +513,43 @@ class Run:
     def _finish(self, status: str, diverged_at: int | None) -> RunResult:
         final = self.final_metrics(status)
         result = RunResult(status, self.state.step, final, self.history, self.out_dir, diverged_at)
-        if self.out_dir is not None:
-            summary = {"status": status, "step": self.state.step, "final": final}
+        if self.writes:
+            summary = {
+                "status": status,
+                "step": self.state.step,
+                "final": final,
+                "last_recorded_step": self.history[-1]["step"] if self.history else None,
+            }
+            if self.world.size > 1:
+                summary["nproc"] = self.world.size
             if diverged_at is not None:
                 summary["diverged_at_step"] = diverged_at
             write_json(self.out_dir / "summary.json", summary)
         return result
+
+
+def shard(indices: Tensor, world: World) -> Tensor:
+    """This rank's equal share of a batch's indices: rows [r m / N, (r + 1) m / N)."""
+    if world.size == 1:
+        return indices
+    per_rank = indices.shape[0] // world.size
+    return indices[world.rank * per_rank : (world.rank + 1) * per_rank]
+
+
+def check_shardable(resolved: dict, spec: OptimizerSpec, world_size: int) -> None:
+    """ValueError unless ``world_size`` ranks can share the run's batches."""
+    if world_size == 1:
+        return
+    if not spec.data_parallel:
+        raise ValueError(
+            f"optimizer {spec.name!r} runs on one process only; --nproc > 1 supports the "
+            "first-order optimizers and K-FAC"
+        )
+    if resolved["batch_size"] % world_size:
+        raise ValueError(
+            f"batch_size {resolved['batch_size']} is not divisible by --nproc {world_size}: "
+            "every rank takes an equal share of a batch"
+        )
 
 
 def train(

@@ -6,8 +6,12 @@
   trials take part in the draws with the worst value (1 for an error rate).
 - Final error: mean over the re-run seeds with a Student-t 95% interval,
   ``mean +- t_{0.975, n-1} s / sqrt(n)``.
-- Ranks: by mean; a rank interval is the 2.5%/97.5% quantiles of the rank when each
-  optimizer's seeds are resampled with replacement.
+- Ranks: by mean. A rank interval follows from the score intervals, so the two never
+  disagree: optimizer i can rank no better than 1 + #{j : high_j < low_i} (those whose
+  whole interval lies below its own) and no worse than n - #{j : low_j > high_i}. Two
+  optimizers whose intervals overlap therefore share the ranks they could swap. (A
+  bootstrap of the seeds does not work with few seeds: with two seeds there are only
+  four resampled means, which can all fall on one side while the t-interval overlaps.)
 - Inclusions (Choi et al. section 3): a more general optimizer must not be worse than
   one it includes, beyond the intervals; if it is, its search space is too small (or
   under-sampled) to contain the included optimizer's good region.
@@ -86,27 +90,22 @@ def mean_interval(
 
 
 def rank_with_intervals(
-    samples: dict[str, Sequence[float]],
-    resamples: int,
-    seed: int = 0,
-    bounds: tuple[float, float] | None = None,
+    samples: dict[str, Sequence[float]], bounds: tuple[float, float] | None = None
 ) -> list[dict]:
-    """Optimizers ranked by mean (1 = best) with bootstrap rank intervals and t-intervals."""
+    """Optimizers ranked by mean (1 = best), each with its t-interval and the rank
+    interval those intervals allow (see the module docstring)."""
     names = sorted(samples, key=lambda name: (np.mean(samples[name]), name))
-    rng = np.random.default_rng(seed)
-    ranks = np.zeros((resamples, len(names)))
-    for b in range(resamples):
-        means = [np.mean(rng.choice(np.asarray(samples[n]), size=len(samples[n]))) for n in names]
-        ranks[b] = stats.rankdata(means, method="min")
+    intervals = {name: mean_interval(samples[name], bounds=bounds) for name in names}
     table = []
     for position, name in enumerate(names):
-        mean, low, high = mean_interval(samples[name], bounds=bounds)
-        rank_low, rank_high = np.quantile(ranks[:, position], [0.025, 0.975])
+        mean, low, high = intervals[name]
+        surely_better = sum(1 for other in names if other != name and intervals[other][2] < low)
+        surely_worse = sum(1 for other in names if other != name and intervals[other][1] > high)
         table.append(
             {
                 "optimizer": name,
                 "rank": position + 1,
-                "rank_interval": [int(rank_low), int(rank_high)],
+                "rank_interval": [1 + surely_better, len(names) - surely_worse],
                 "mean": mean,
                 "interval": [low, high],
                 "values": [float(v) for v in samples[name]],

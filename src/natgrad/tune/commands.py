@@ -9,14 +9,26 @@ from natgrad.tune.folder import check_study_folder, mark_study_folder
 
 
 def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--trials", type=int, required=True, help="total trials per study (K)")
-    parser.add_argument("--steps", type=int, required=True, help="training steps per trial")
-    parser.add_argument("--out", required=True, help="study folder (holds study.db by default)")
     parser.add_argument(
-        "--storage", help="SQLAlchemy URL of a shared storage, e.g. postgresql://user@host/db"
+        "--trials", type=int, required=True, help="total trials per study (K), required"
     )
-    parser.add_argument("--workers", type=int, default=1, help="local worker processes")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the Halton sequence")
+    parser.add_argument(
+        "--steps", type=int, required=True, help="training steps per trial, required"
+    )
+    parser.add_argument(
+        "--out", required=True, help="study folder, required (holds study.db by default)"
+    )
+    parser.add_argument(
+        "--storage",
+        help="SQLAlchemy URL of a shared storage, e.g. postgresql://user@host/db "
+        "(default: sqlite study.db in --out)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="local worker processes (default: 1)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the Halton sequence (default: 0)"
+    )
     parser.add_argument("--batch-size", type=int, help="batch size (default: workload's)")
 
 
@@ -24,22 +36,30 @@ def add_tune_parser(commands) -> None:
     parser = commands.add_parser(
         "tune", help="quasi-random search of one optimizer's space (an Optuna study)"
     )
-    parser.add_argument("--workload", required=True)
-    parser.add_argument("--optimizer", required=True)
-    parser.add_argument("--space", default="full", help="restricted or full")
+    parser.add_argument(
+        "--workload", required=True, help="workload name, required (see `natgrad workloads`)"
+    )
+    parser.add_argument(
+        "--optimizer", required=True, help="optimizer name, required (see `natgrad optimizers`)"
+    )
+    parser.add_argument(
+        "--space", default="full", help="search space: restricted or full (default: full)"
+    )
     add_storage_arguments(parser)
     parser.set_defaults(handler=run_tune)
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    from natgrad.tune.launch import run_studies
+    from natgrad.tune.launch import check_workers, run_studies
     from natgrad.tune.storage import redact, storage_url
-    from natgrad.tune.study import StudySpec, trial_records
+    from natgrad.tune.study import StudySpec, check_trials, trial_records
 
     spec = StudySpec(
         args.workload, args.optimizer, args.space, args.steps, args.seed, args.batch_size
     )
     spec.validate()
+    check_trials(args.trials)
+    check_workers(args.workers)
     out_dir = Path(args.out)
     check_study_folder(out_dir, args.workload)
     if args.storage is None:
@@ -49,16 +69,26 @@ def run_tune(args: argparse.Namespace) -> int:
     if args.storage is not None:
         mark_study_folder(out_dir, args.workload)
     records = trial_records(study, args.trials)
-    print_study_summary(spec, records)
+    print_study_summary(spec, records, recovered_trials(study))
     print(f"study {spec.name!r} in {redact(url)}")
     print(f"browse it with: optuna-dashboard {redact(url)}")
     return 0
 
 
-def print_study_summary(spec, records: list[dict]) -> None:
+def recovered_trials(study) -> int:
+    """Trials whose process stopped (killed, interrupted) and whose point ran again."""
+    from natgrad.tune.study import trial_status
+
+    return sum(trial_status(t) in ("lost", "interrupted") for t in study.get_trials(deepcopy=False))
+
+
+def print_study_summary(spec, records: list[dict], recovered: int = 0) -> None:
     completed = [r for r in records if r["value"] is not None]
     failed = len(records) - len(completed)
-    print(f"{spec.name}: {len(records)} trials, {failed} failed")
+    recovered_text = (
+        f", {recovered} recovered from stopped processes (run again)" if recovered else ""
+    )
+    print(f"{spec.name}: {len(records)} trials, {failed} failed{recovered_text}")
     if completed:
         best = min(completed, key=lambda r: r["value"])
         shown = ", ".join(
@@ -72,16 +102,24 @@ def add_compare_parser(commands) -> None:
     parser = commands.add_parser(
         "compare", help="tune several optimizers in both spaces, re-run the best, analyse"
     )
-    parser.add_argument("--workload", required=True)
+    parser.add_argument(
+        "--workload", required=True, help="workload name, required (see `natgrad workloads`)"
+    )
     parser.add_argument(
         "--optimizers",
         default="sgd,momentum,nesterov,rmsprop,adam,nadam",
-        help="comma-separated optimizer names",
+        help="comma-separated optimizer names (default: %(default)s)",
     )
-    parser.add_argument("--space", default="restricted,full", help="comma-separated spaces")
+    parser.add_argument(
+        "--space", default="restricted,full", help="comma-separated spaces (default: %(default)s)"
+    )
     add_storage_arguments(parser)
-    parser.add_argument("--seeds", type=int, default=3, help="re-runs of each best trial")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="re-runs of each best trial (default: 3)"
+    )
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples (default: 1000)"
+    )
     parser.set_defaults(handler=run_compare_command)
 
 

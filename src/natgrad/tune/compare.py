@@ -15,14 +15,24 @@ import json
 import math
 import multiprocessing
 import os
+import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from natgrad.jsonio import dumps as json_dumps
+from natgrad.jsonio import write_json
 from natgrad.optim import OPTIMIZERS
 from natgrad.train import RunConfig, train
 from natgrad.tune import analysis
 from natgrad.tune.folder import check_study_folder, mark_study_folder
-from natgrad.tune.launch import run_studies
+from natgrad.tune.launch import (
+    Interrupted,
+    check_workers,
+    format_seconds,
+    run_studies,
+    signals_as_interrupt,
+)
 from natgrad.tune.spaces import SPACE_NAMES
 from natgrad.tune.storage import open_storage, redact, storage_url
 from natgrad.tune.study import StudySpec, compact_history, trial_records
@@ -95,15 +105,25 @@ def rerun_config(spec: StudySpec, hyperparameters: dict, seed: int) -> RunConfig
     )
 
 
+def same_run_config(folder: Path, config: RunConfig) -> bool:
+    """Whether ``folder`` holds a run (finished or not) of exactly this config."""
+    stored = folder / "config.json"
+    try:
+        return json.loads(stored.read_text()) == json.loads(json_dumps(config.resolved()))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def load_finished_run(folder: Path, config: RunConfig) -> dict | None:
-    """A completed run in ``folder`` with exactly this config, or None."""
-    summary, stored = folder / "summary.json", folder / "config.json"
-    if not (summary.exists() and stored.exists()):
+    """A finished (completed or diverged) run in ``folder`` with exactly this config, or
+    None; an interrupted one is resumed by the caller."""
+    summary = folder / "summary.json"
+    if not (summary.exists() and same_run_config(folder, config)):
         return None
-    if json.loads(stored.read_text()) != json.loads(json.dumps(config.resolved())):
+    content = json.loads(summary.read_text())
+    if content.get("status") not in ("completed", "diverged"):
         return None
     lines = (folder / "metrics.jsonl").read_text().splitlines()
-    content = json.loads(summary.read_text())
     return {
         "status": content["status"],
         "final": content["final"],
@@ -118,9 +138,11 @@ def rerun_once(task: tuple[dict, dict, int, str]) -> dict:
     config = rerun_config(spec, hyperparameters, seed)
     outcome = load_finished_run(Path(folder), config)
     if outcome is None:
-        result = train(config, folder, overwrite=True)
+        resume = same_run_config(Path(folder), config)
+        result = train(config, folder, resume=resume, overwrite=not resume)
         outcome = {"status": result.status, "final": result.final, "history": result.history}
     return {
+        "label": f"{spec.optimizer}/{spec.space}",
         "seed": seed,
         "status": outcome["status"],
         "final": {k: v for k, v in outcome["final"].items() if isinstance(v, (int, float))},
@@ -134,13 +156,60 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def run_reruns(tasks: list[tuple], workers: int) -> list[dict]:
-    """Run the re-run tasks here (one worker) or in a pool of spawned processes."""
+def rerun_interrupted_message(records: dict) -> str:
+    trials = sum(len(found) for found in records.values())
+    return (
+        f"interrupted: {trials} trials recorded (re-runs of the best trials resume), "
+        "rerun the same command to continue"
+    )
+
+
+class RerunProgress:
+    """One line per finished re-run on stderr: count, elapsed time and ETA."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled, self.done = total, enabled, 0
+        self.started = time.perf_counter()
+        if enabled:
+            print(
+                f"[compare] re-running the best trials: {total} runs", file=sys.stderr, flush=True
+            )
+
+    def finished(self, outcome: dict) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.started
+        eta = (self.total - self.done) * elapsed / self.done
+        print(
+            f"[compare] re-runs {self.done}/{self.total} done ({outcome['label']} seed "
+            f"{outcome['seed']}: {outcome['status']}); elapsed {format_seconds(elapsed)}, "
+            f"eta {format_seconds(eta)}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def run_reruns(tasks: list[tuple], workers: int, progress: RerunProgress) -> list[dict]:
+    """Run the re-run tasks here (one worker) or in a pool of spawned processes, in order."""
     if workers == 1 or len(tasks) <= 1:
-        return [rerun_once(task) for task in tasks]
+        outcomes = []
+        for task in tasks:
+            outcomes.append(rerun_once(task))
+            progress.finished(outcomes[-1])
+        return outcomes
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    by_index: dict[int, dict] = {}
     with multiprocessing.get_context("spawn").Pool(min(workers, len(tasks)), _init_worker) as pool:
-        return pool.map(rerun_once, tasks, chunksize=1)
+        for index, outcome in pool.imap_unordered(rerun_indexed, enumerate(tasks)):
+            by_index[index] = outcome
+            progress.finished(outcome)
+    return [by_index[index] for index in range(len(tasks))]
+
+
+def rerun_indexed(item: tuple[int, tuple]) -> tuple[int, dict]:
+    index, task = item
+    return index, rerun_once(task)
 
 
 def test_values(reruns: list[dict], test_metric: str) -> list[float]:
@@ -203,9 +272,7 @@ def analyse(config: CompareConfig, summaries: dict[str, dict[str, dict]], test_m
             if summaries[opt][space]["test"]["values"]
         }
         ranking[space] = (
-            analysis.rank_with_intervals(
-                samples, config.bootstrap, config.seed, bounds=metric_bounds(test_metric)
-            )
+            analysis.rank_with_intervals(samples, bounds=metric_bounds(test_metric))
             if samples
             else []
         )
@@ -218,7 +285,14 @@ def analyse(config: CompareConfig, summaries: dict[str, dict[str, dict]], test_m
     flips = []
     if "restricted" in ranking and "full" in ranking:
         flips = analysis.rank_flips(ranking["restricted"], ranking["full"])
-    return {"ranking": ranking, "inclusion": inclusion, "rank_flips": flips, "warnings": warnings}
+    return {
+        "ranking": ranking,
+        "inclusion": inclusion,
+        # Only flips that the intervals support; the others are noise and only counted.
+        "rank_flips": [flip for flip in flips if flip["intervals_apart"]],
+        "rank_flips_within_intervals": sum(not flip["intervals_apart"] for flip in flips),
+        "warnings": warnings,
+    }
 
 
 def run_compare(
@@ -230,6 +304,7 @@ def run_compare(
 ) -> dict:
     """Run (or resume) the whole protocol into ``out_dir`` and return the results dict."""
     config.validate()
+    check_workers(workers)
     out_dir = Path(out_dir)
     check_study_folder(out_dir, config.workload)
     if storage is None:
@@ -260,9 +335,13 @@ def run_compare(
                 )
             )
             owners.append(spec)
-    if progress:
-        print(f"[compare] re-running the best trials: {len(tasks)} runs", flush=True)
-    outcomes = run_reruns(tasks, workers)
+    try:
+        with signals_as_interrupt():
+            outcomes = run_reruns(tasks, workers, RerunProgress(len(tasks), progress))
+    except KeyboardInterrupt:
+        raise Interrupted(rerun_interrupted_message(records)) from None
+    if any(outcome["status"] == "interrupted" for outcome in outcomes):
+        raise Interrupted(rerun_interrupted_message(records))
     reruns = {
         spec: [o for o, owner in zip(outcomes, owners, strict=True) if owner == spec]
         for spec in specs
@@ -284,5 +363,5 @@ def run_compare(
         "studies": summaries,
         **analyse(config, summaries, metric.replace("val_", "test_")),
     }
-    (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=1) + "\n")
+    write_json(out_dir / RESULTS_FILE, results, indent=1)
     return results

@@ -5,15 +5,28 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-MARKER_FILE = "natgrad-study.json"
+from natgrad.folders import STUDY_MARKER, folder_kind
+from natgrad.jsonio import write_json
+
+MARKER_FILE = STUDY_MARKER
 
 
 def check_study_folder(out_dir: Path, workload: str) -> None:
-    """Raise ValueError if ``out_dir`` holds studies of another workload (nothing written)."""
-    marker = Path(out_dir) / MARKER_FILE
+    """Raise ValueError if ``out_dir`` is a training run or holds studies of another
+    workload (nothing written)."""
+    out_dir = Path(out_dir)
+    if folder_kind(out_dir) == "run":
+        raise ValueError(
+            f"{out_dir} holds a training run (config.json, metrics.jsonl), not studies; "
+            "use another --out folder"
+        )
+    marker = out_dir / MARKER_FILE
     if not marker.exists():
         return
-    stored = json.loads(marker.read_text()).get("workload")
+    try:
+        stored = json.loads(marker.read_text()).get("workload")
+    except (json.JSONDecodeError, AttributeError):
+        raise ValueError(f"{marker} is unreadable; use another --out folder") from None
     if stored != workload:
         raise ValueError(
             f"{out_dir} holds studies of workload {stored!r}, not {workload!r}; "
@@ -22,9 +35,9 @@ def check_study_folder(out_dir: Path, workload: str) -> None:
 
 
 def mark_study_folder(out_dir: Path, workload: str) -> None:
-    """Create ``out_dir`` and record its workload (idempotent)."""
+    """Create ``out_dir`` and record its workload (idempotent, atomic)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     marker = out_dir / MARKER_FILE
     if not marker.exists():
-        marker.write_text(json.dumps({"workload": workload}, indent=2) + "\n")
+        write_json(marker, {"workload": workload})

@@ -9,10 +9,13 @@ the best value so far and an ETA.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -20,16 +23,26 @@ import optuna
 
 from natgrad.tune.study import StudySpec, counts_as_trial, prepare_studies, trial_status, work
 
-POLL_INTERVAL_S = 5.0
-PRINT_EVERY_S = 10.0
+POLL_INTERVAL_S = 1.0
+PARENT_CHECK_S = 1.0
+WORKER_STOP_TIMEOUT_S = 30.0
+INTERRUPT_GRACE_S = 3.0
+INTERRUPTED_EXIT_CODES = (130, -signal.SIGINT, -signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal stopped the studies; the message says what was kept and how to go on."""
+
+
+def interrupted_message(done: int) -> str:
+    return f"interrupted: {done} trials recorded, rerun the same command to continue"
 
 
 @dataclass
 class StudyProgress:
     """Counts and best values over a set of studies.
 
-    Prints a line when the best value improves, when all trials are done, and otherwise
-    at most every PRINT_EVERY_S seconds.
+    Prints a line each time a trial finishes (or fails) and when the best value improves.
     """
 
     studies: list[optuna.Study]
@@ -40,6 +53,7 @@ class StudyProgress:
     done_at_start: int | None = None
     last_line: str = ""
     last_printed: float = -math.inf
+    recovered_count: int = 0
 
     def counts(self) -> tuple[int, int, tuple[float, str] | None]:
         done = failed = 0
@@ -74,12 +88,19 @@ class StudyProgress:
         best_text = f"best {metric} {best[0]:.4g} ({best[1]})" if best else "best: none yet"
         eta_text = f"eta {format_seconds(eta)}" if math.isfinite(eta) else "eta unknown"
         line = f"[tune] trials {done}/{total} done, {failed} failed; {best_text}; {eta_text}"
-        now = time.perf_counter()
-        new_best = best_text not in self.last_line
-        due = now - self.last_printed >= PRINT_EVERY_S or done == total or new_best
-        if due and line.split("; eta")[0] != self.last_line.split("; eta")[0]:
+        if line.split("; eta")[0] != self.last_line.split("; eta")[0]:
             print(line, file=sys.stderr, flush=True)
-            self.last_line, self.last_printed = line, now
+            self.last_line, self.last_printed = line, time.perf_counter()
+
+    def recovered(self, count: int) -> None:
+        self.recovered_count = count
+        if count and self.enabled:
+            print(
+                f"[tune] recovered {count} trial(s) left running by a stopped process; "
+                "their points run again",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def format_seconds(seconds: float) -> str:
@@ -88,11 +109,56 @@ def format_seconds(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def _worker_main(url: str, specs: list[StudySpec], trials: int, runner=None) -> None:
+_last_raised = [-math.inf]
+
+
+def raise_keyboard_interrupt(signum, frame) -> None:
+    """SIGINT or SIGTERM as KeyboardInterrupt; a repeat within INTERRUPT_GRACE_S is
+    ignored, so the clean-up that the first one started (recording the trial) is not cut
+    short."""
+    now = time.monotonic()
+    if now - _last_raised[0] < INTERRUPT_GRACE_S:
+        return
+    _last_raised[0] = now
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def quiet_interrupts(unraisable) -> None:
+    """sys.unraisablehook that drops a KeyboardInterrupt raised inside a garbage-collector
+    callback (Python cannot deliver it there; the signal is sent again), and reports any
+    other unraisable exception as usual."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def stop_when_parent_dies(parent: int, interval: float = PARENT_CHECK_S) -> threading.Thread:
+    """A daemon thread that sends SIGTERM to this process once ``parent`` has exited (the
+    worker then records its trial as interrupted and exits), and again every ``interval``
+    seconds: Python drops an exception raised while a garbage-collector callback runs,
+    so one signal may go unheard."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        while True:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(interval)
+
+    thread = threading.Thread(target=watch, daemon=True, name="parent-watch")
+    thread.start()
+    return thread
+
+
+def _worker_main(url: str, specs: list[StudySpec], trials: int, parent: int, runner=None) -> None:
     import torch
 
     torch.set_num_threads(1)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, raise_keyboard_interrupt)
+    sys.unraisablehook = quiet_interrupts
     try:
+        stop_when_parent_dies(parent)
         work(url, specs, trials, runner=runner)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -109,7 +175,9 @@ def spawn_workers(url: str, specs: list[StudySpec], trials: int, workers: int, r
     try:
         processes = [
             context.Process(
-                target=_worker_main, args=(url, list(specs), trials, runner), daemon=False
+                target=_worker_main,
+                args=(url, list(specs), trials, os.getpid(), runner),
+                daemon=False,
             )
             for _ in range(workers)
         ]
@@ -136,24 +204,92 @@ def run_studies(
 
     ``runner`` replaces :func:`natgrad.tune.study.run_trial` (see :func:`work`).
     """
+    check_workers(workers)
+    with signals_as_interrupt():
+        return _run_studies(url, specs, trials, workers, progress, runner)
+
+
+@contextlib.contextmanager
+def signals_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt here too, like Ctrl-C (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, raise_keyboard_interrupt) for signum in signals}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, quiet_interrupts
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        sys.unraisablehook = previous_hook
+
+
+def _run_studies(
+    url: str, specs: list[StudySpec], trials: int, workers: int, progress: bool, runner=None
+) -> list[optuna.Study]:
+    recovered: list[int] = []
+    studies = prepare_studies(url, specs, trials, on_recovered=recovered.append)
+    monitor = StudyProgress(studies, specs, trials, enabled=progress)
+    monitor.recovered(recovered[0])
+    monitor.report()
+    try:
+        if workers == 1:
+            work(url, specs, trials, on_trial=monitor.report, runner=runner)
+        else:
+            run_workers(url, specs, trials, workers, monitor, runner)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_message(monitor.counts()[0])) from None
+    monitor.report()
+    return studies
+
+
+def check_workers(workers: int) -> None:
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
-    studies = prepare_studies(url, specs, trials)
-    monitor = StudyProgress(studies, specs, trials, enabled=progress)
-    monitor.report()
-    if workers == 1:
-        work(url, specs, trials, on_trial=monitor.report, runner=runner)
-        return studies
+
+
+def run_workers(
+    url: str,
+    specs: list[StudySpec],
+    trials: int,
+    workers: int,
+    monitor: StudyProgress,
+    runner=None,
+) -> None:
+    """Spawn the workers and report until they finish; on a signal here, stop them (each
+    records its trial as interrupted) and raise KeyboardInterrupt."""
     processes = spawn_workers(url, specs, trials, workers, runner)
     try:
         while any(process.is_alive() for process in processes):
             time.sleep(POLL_INTERVAL_S)
             monitor.report()
-    finally:
-        for process in processes:
-            process.join()
-    monitor.report()
-    failed = [process.exitcode for process in processes if process.exitcode != 0]
-    if failed:
-        raise RuntimeError(f"{len(failed)} worker process(es) failed (exit codes {failed})")
-    return studies
+    except KeyboardInterrupt:
+        stop_workers(processes)
+        raise
+    for process in processes:
+        process.join()
+    codes = [process.exitcode for process in processes if process.exitcode != 0]
+    if codes and all(code in INTERRUPTED_EXIT_CODES for code in codes):
+        raise KeyboardInterrupt("a worker was interrupted")
+    if codes:
+        raise RuntimeError(f"{len(codes)} worker process(es) failed (exit codes {codes})")
+
+
+def stop_workers(processes: list) -> None:
+    """SIGTERM to each live worker (repeated each second, as one may go unheard), then
+    SIGKILL those still alive after WORKER_STOP_TIMEOUT_S."""
+    deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        alive = [process for process in processes if process.is_alive()]
+        if not alive:
+            return
+        for process in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
+        alive[0].join(PARENT_CHECK_S)
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+        process.join()

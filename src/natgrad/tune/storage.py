@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -20,7 +21,9 @@ import optuna
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
-DEFAULT_STORAGE_FILE = "study.db"
+from natgrad.folders import STUDY_DATABASE
+
+DEFAULT_STORAGE_FILE = STUDY_DATABASE
 SQLITE_TIMEOUT_S = 120
 
 
@@ -59,7 +62,10 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     else:
         engine_kwargs = {"pool_pre_ping": True}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        # Creating the schema is not atomic: two commands starting at once on a new
+        # database would both try to create its tables.
+        with study_lock(url):
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     except Exception as error:  # noqa: BLE001 - drivers raise their own error types
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise StorageError(f"cannot open storage {redact(url)}: {first_line}") from None
@@ -83,8 +89,24 @@ def study_lock(url: str) -> Iterator[None]:
     connection for the duration. Other databases: no extra lock (their transactions
     alone must then keep enqueueing consistent; run one launcher at a time).
     """
+    key = (url, threading.get_ident())
+    if key in _HELD:  # already held by this thread: the lock is reentrant
+        yield
+        return
     parsed = make_url(url)
-    dialect = parsed.get_backend_name()
+    _HELD.add(key)
+    try:
+        with _exclusive(url, parsed, parsed.get_backend_name()):
+            yield
+    finally:
+        _HELD.discard(key)
+
+
+_HELD: set[tuple[str, int]] = set()
+
+
+@contextmanager
+def _exclusive(url: str, parsed, dialect: str) -> Iterator[None]:
     if dialect == "sqlite" and parsed.database:
         with open(f"{parsed.database}.lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)

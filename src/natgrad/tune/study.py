@@ -36,6 +36,7 @@ from scipy.stats import qmc
 from natgrad.optim import get_optimizer_spec
 from natgrad.optim.natural_gradient import IndefiniteCurvatureError
 from natgrad.train import RunConfig, train
+from natgrad.tune.owner import current_owner, owner_is_gone
 from natgrad.tune.spaces import SearchSpace, load_space
 from natgrad.tune.storage import open_storage, study_lock
 from natgrad.workloads import get_workload
@@ -202,16 +203,26 @@ def open_study(url: str, spec: StudySpec, create: bool = False) -> optuna.Study:
     return study
 
 
+def lost_reason(trial: FrozenTrial, now: float, lost_after_s: float) -> str | None:
+    """Why a running trial is lost (its process is gone, or silent too long), else None."""
+    owner = trial.user_attrs.get("owner")
+    if owner and owner_is_gone(owner):
+        return f"its process {owner['pid']} on {owner['host']} is gone"
+    beat = trial.user_attrs.get("heartbeat", trial.datetime_start.timestamp())
+    if now - beat > lost_after_s:
+        return f"no heartbeat for {now - beat:.0f} s"
+    return None
+
+
 def mark_lost_trials(study: optuna.Study, lost_after_s: float = LOST_AFTER_S) -> int:
-    """Running trials without a heartbeat for ``lost_after_s`` seconds become failed (lost)."""
+    """Running trials of a dead process, or without a heartbeat for ``lost_after_s``
+    seconds, become failed (lost); their points are enqueued again. Returns how many."""
     now, lost = time.time(), 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        beat = trial.user_attrs.get("heartbeat", trial.datetime_start.timestamp())
-        if now - beat > lost_after_s:
+        reason = lost_reason(trial, now, lost_after_s)
+        if reason is not None:
             study._storage.set_trial_user_attr(trial._trial_id, "status", "lost")
-            study._storage.set_trial_user_attr(
-                trial._trial_id, "reason", f"no heartbeat for {now - beat:.0f} s"
-            )
+            study._storage.set_trial_user_attr(trial._trial_id, "reason", reason)
             try:
                 study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
                 lost += 1
@@ -222,7 +233,6 @@ def mark_lost_trials(study: optuna.Study, lost_after_s: float = LOST_AFTER_S) ->
 
 def enqueue_missing_points(study: optuna.Study, spec: StudySpec, trials: int) -> int:
     """Enqueue the points 0..trials-1 that no trial holds yet (call under the study lock)."""
-    mark_lost_trials(study)
     held = {t.user_attrs["point_index"] for t in study.get_trials(deepcopy=False) if holds_point(t)}
     space = spec.search_space()
     points = quasi_random_points(space.dimension, trials, spec.seed)
@@ -240,14 +250,22 @@ def enqueue_missing_points(study: optuna.Study, spec: StudySpec, trials: int) ->
     return added
 
 
-def prepare_studies(url: str, specs: list[StudySpec], trials: int) -> list[optuna.Study]:
+def check_trials(trials: int) -> None:
+    if not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"trials must be an integer >= 1, got {trials!r}")
+
+
+def prepare_studies(
+    url: str, specs: list[StudySpec], trials: int, on_recovered: Callable[[int], None] | None = None
+) -> list[optuna.Study]:
     """Check every spec, then create/load the studies and enqueue their missing points.
 
     All checks (names, stored settings) happen before anything is written, so a bad
-    request leaves existing studies untouched.
+    request leaves existing studies untouched. Trials left running by a process that
+    is gone are marked lost and their points enqueued again; ``on_recovered`` is told
+    how many.
     """
-    if not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"trials must be an integer >= 1, got {trials!r}")
+    check_trials(trials)
     for spec in specs:
         spec.validate()
     open_storage(url)
@@ -257,8 +275,11 @@ def prepare_studies(url: str, specs: list[StudySpec], trials: int) -> list[optun
             if stored is not None:
                 check_study_attrs(spec.name, stored, spec)
         studies = [open_study(url, spec, create=True) for spec in specs]
+        recovered = sum(mark_lost_trials(study) for study in studies)
         for study, spec in zip(studies, specs, strict=True):
             enqueue_missing_points(study, spec, trials)
+    if on_recovered is not None:
+        on_recovered(recovered)
     return studies
 
 
@@ -269,6 +290,7 @@ def claim_next_trial(study: optuna.Study, limit: int) -> optuna.Trial | None:
             continue
         try:
             if study._storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                study._storage.set_trial_user_attr(frozen._trial_id, "owner", current_owner())
                 study._storage.set_trial_user_attr(frozen._trial_id, "heartbeat", time.time())
                 return optuna.Trial(study, frozen._trial_id)
         except UpdateFinishedTrialError:
@@ -350,6 +372,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec) -> str:
             status, reason = "non-finite", f"{spec.metric} is {value}"
         elif status == "interrupted":
             reason = f"stopped by a signal at step {result.step}"
+    except KeyboardInterrupt:  # a signal before or after the training loop
+        status, reason = "interrupted", "stopped by a signal"
     except NUMERICAL_FAILURES as error:  # the point is infeasible, like a divergence
         status, reason = "diverged", f"{type(error).__name__}: {error}"
     except Exception as error:  # noqa: BLE001 - any failure of a trial is recorded, not fatal
@@ -361,6 +385,14 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec) -> str:
             flush=True,
         )
     trial.set_user_attr("duration_s", time.perf_counter() - started)
+    return finish_trial(study, trial, status, reason, value)
+
+
+def finish_trial(
+    study: optuna.Study, trial: optuna.Trial, status: str, reason: str, value: float = math.nan
+) -> str:
+    """Record ``status`` (and its reason) on the trial and tell the study; returns the status
+    ("lost" when another process already marked the trial lost)."""
     trial.set_user_attr("status", status)
     if reason:
         trial.set_user_attr("reason", reason)
@@ -405,12 +437,25 @@ def work(
                     break
         if claimed is None:
             return done
-        status = runner(*claimed)
+        status = run_claimed(*claimed, runner=runner)
         done += 1
         if on_trial is not None:
             on_trial()
         if status == "interrupted":
             raise KeyboardInterrupt(f"trial {claimed[1].number} of {claimed[2].name} interrupted")
+
+
+def run_claimed(
+    study: optuna.Study, trial: optuna.Trial, spec: StudySpec, runner: TrialRunner = run_trial
+) -> str:
+    """``runner`` (:func:`run_trial`), recording the trial as interrupted if a signal ends it
+    anywhere, so no trial stays running after its process stops."""
+    try:
+        return runner(study, trial, spec)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            finish_trial(study, trial, "interrupted", "stopped by a signal")
+        raise
 
 
 def trial_records(study: optuna.Study, trials: int) -> list[dict]:

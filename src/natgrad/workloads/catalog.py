@@ -122,6 +122,21 @@ register_workload(
 )
 register_workload(
     Workload(
+        name="digits_cnn",
+        description="The simple CNN (conv32-pool-conv64-pool-fc1024) on scikit-learn's 8x8 "
+        "digits: its fc layer sees a 64 x 4 map",
+        build_model=partial(simple_cnn, image_size=8),
+        load_data=partial(classification_data, "digits"),
+        likelihood_name="categorical",
+        classification=True,
+        batch_size=64,
+        steps=300,
+        target={"val_error": 0.05},
+        eval_every=50,
+    )
+)
+register_workload(
+    Workload(
         name="digits_logreg",
         description="Multinomial logistic regression on scikit-learn's 8x8 digits",
         build_model=partial(mlp, [64, 10]),

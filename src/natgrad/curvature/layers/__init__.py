@@ -38,6 +38,13 @@ class LayerHandler:
         """g of shape (N, R, out) from the gradient with respect to the layer output."""
         raise NotImplementedError
 
+    def input_matrix_shape(self, module: nn.Module, call) -> tuple[int, int] | None:
+        """(channels, locations) of the weight's input for doubly-factored statistics, if known.
+
+        ``call`` is the :class:`~natgrad.curvature.capture.LayerCall` being turned into rows.
+        """
+        return None
+
     def activation_rows(self, module: nn.Module, layer_input: Tensor) -> Tensor:
         """All positions of all examples as rows (N * R, in[+1])."""
         positions = self.activation_positions(module, layer_input)

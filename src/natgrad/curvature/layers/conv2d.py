@@ -39,6 +39,11 @@ class Conv2dHandler(LayerHandler):
         positions = patches.transpose(1, 2)  # (N, L, C_in * kh * kw)
         return append_ones_column(positions) if module.bias is not None else positions
 
+    def input_matrix_shape(self, module: nn.Module, call) -> tuple[int, int]:
+        """(C_in, kh * kw): each patch is channels x kernel offsets, channel-major."""
+        kh, kw = module.kernel_size
+        return module.in_channels, kh * kw
+
     def output_grad_positions(self, module: nn.Module, output_grad: Tensor) -> Tensor:
         # (N, C_out, H, W) -> (N, H * W, C_out), locations ordered like the patches
         return output_grad.flatten(2).transpose(1, 2)

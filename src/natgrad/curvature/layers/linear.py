@@ -7,6 +7,8 @@ positions of its middle dimensions; the batch dimension must come first.
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor, nn
 
 from natgrad.curvature.layers import LayerHandler, append_ones_column, register_layer_handler
@@ -28,6 +30,13 @@ class LinearHandler(LayerHandler):
 
     def output_grad_positions(self, module: nn.Module, output_grad: Tensor) -> Tensor:
         return _as_positions(output_grad)
+
+    def input_matrix_shape(self, module: nn.Module, call) -> tuple[int, int] | None:
+        """(C, prod(rest)) when the input is an nn.Flatten of a (N, C, ...) map."""
+        source = call.flattened_from
+        if source is None:
+            return None
+        return source[0], math.prod(source[1:])
 
 
 register_layer_handler(nn.Linear, LinearHandler())

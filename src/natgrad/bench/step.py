@@ -1,0 +1,377 @@
+"""Step time, cost breakdown and peak memory of natgrad's K-FAC against heavy-ball Momentum.
+
+The 784-1000-500-250-30-250-500-1000-784 tanh autoencoder (Martens & Grosse 2015) with
+the Bernoulli likelihood, on real Fashion-MNIST images (the first ``--batch`` training
+images; the timing does not depend on their values, but the statistics do). The K-FACs
+are the registry entries ``kfac`` (fixed lr, momentum, KL clip) and ``kfac_adaptive``
+(quadratic-model step, Levenberg-Marquardt damping) at their defaults (``--set`` changes
+one). One timed step is the whole update: forward, backward and optimizer step
+(K-FAC: closure, statistics, inverses when due, preconditioning, step rule). The
+optimizers alternate step by step so that all see the same machine load; inverses come
+every ``inv_every`` steps, so the amortized cost is the mean over whole periods.
+
+Breakdown: in a second loop (one K-FAC alone) each phase is timed by wrapping the
+optimizer's own functions: main forward/backward (closure and loss.backward, plus
+small glue), the statistics sub-batch forward, the sampled-target backward ("extra
+backward"), the factor products A, G and their moving average ("statistics"), the
+decompositions ("inversion", amortized), gradient matrices and G^-1 V A^-1
+("preconditioning"), the quadratic model (forward-mode J u on its sub-batch, dot
+products), the damping rule's forward at the new point, and the update.
+
+Peak memory: each optimizer runs in its own fresh subprocess (``--memory-child``), and
+the process's peak resident set size (VmHWM of ``/proc/self/status``) is
+read after building the model and a batch of the same shape (uniform noise, so that
+loading the dataset does not set the high-water mark) and again after the steps; the
+difference is what the steps added (activations, gradients, optimizer state,
+temporaries), the second number is the whole process. Usage::
+
+    OMP_NUM_THREADS=1 .venv/bin/natgrad bench step \
+        [--batches 1000 4000] [--steps 40] [--breakdown] [--memory] [--set stat_every=2] [--json]
+
+(``benchmarks/bench_kfac_step.py`` runs the same.) With a CUDA device (``--device``,
+default cuda when present) every timed step ends with a device synchronization.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+import natgrad.curvature.statistics as statistics_module
+from natgrad.bench.registry import Benchmark, register_benchmark
+from natgrad.bench.timing import check_device, default_device, peak_rss_mib, summary, timed
+from natgrad.curvature.likelihoods import get_likelihood
+from natgrad.optim.first_order import Momentum
+from natgrad.optim.kfac import KFAC
+from natgrad.optim.registry import BuildContext, get_optimizer_spec, resolve_hyperparameters
+from natgrad.workloads.models import deep_autoencoder
+
+WEIGHT_DECAY = 1e-5
+
+
+def fashion_batch(batch: int) -> Tensor:
+    """The first ``batch`` Fashion-MNIST training images as (batch, 784) in [0, 1]."""
+    from natgrad.data import load_splits
+
+    images = load_splits("fashion-mnist").train_x[:batch].flatten(1).float()
+    if images.shape[0] < batch:
+        raise ValueError(f"--batch {batch} exceeds the {images.shape[0]} training images")
+    return images
+
+
+def build_kfac(model: nn.Module, name: str, args: argparse.Namespace) -> KFAC:
+    """The registry's ``name`` ("kfac" or "kfac_adaptive") at its defaults plus ``--set``."""
+    spec = get_optimizer_spec(name)
+    hparams = resolve_hyperparameters(spec, dict(args.overrides))
+    return spec.build(model, BuildContext("bernoulli", WEIGHT_DECAY), hparams)
+
+
+def step_functions(inputs: Tensor, args: argparse.Namespace) -> tuple[dict, dict]:
+    """A step function per optimizer, on identical copies of one seeded model; the K-FACs."""
+    likelihood = get_likelihood("bernoulli")
+    torch.manual_seed(0)
+    reference = deep_autoencoder().to(inputs.device)
+    steps, optimizers = {}, {}
+    for name in args.kfacs:
+        model = copy.deepcopy(reference)
+        optimizers[name] = build_kfac(model, name, args)
+
+        def kfac_step(model=model, optimizer=optimizers[name]) -> None:
+            def closure():
+                outputs = model(inputs)
+                return likelihood.loss(outputs, inputs), outputs
+
+            optimizer.step(closure)
+
+        steps[name] = kfac_step
+    sgd_model = copy.deepcopy(reference)
+    sgd = Momentum(sgd_model.parameters(), lr=1e-3, momentum=0.9, weight_decay=WEIGHT_DECAY)
+
+    def sgd_step() -> None:
+        sgd.zero_grad(set_to_none=True)
+        likelihood.loss(sgd_model(inputs), inputs).backward()
+        sgd.step()
+
+    steps["momentum"] = sgd_step
+    return steps, optimizers
+
+
+def alternating_times(inputs: Tensor, args: argparse.Namespace) -> dict[str, list[float]]:
+    """Per-step wall times of every optimizer, stepped alternately."""
+    steps, optimizers = step_functions(inputs, args)
+    for _ in range(args.warmup):
+        for step in steps.values():
+            step()
+    for optimizer in optimizers.values():
+        optimizer.steps = 0  # the timed window starts a fresh inverse period
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.steps):
+        for name, step in steps.items():
+            times[name].append(timed(step, args.device))
+    return times
+
+
+class PhaseClock:
+    """Accumulates wall time per phase name; nested phases are subtracted from their parent."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = defaultdict(float)
+        self._stack: list[list] = []
+
+    @contextmanager
+    def phase(self, name: str):
+        self._stack.append([name, 0.0])
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            _, inner = self._stack.pop()
+            self.totals[name] += elapsed - inner
+            if self._stack:
+                self._stack[-1][1] += elapsed
+
+    def wrap(self, function, name: str):
+        def wrapped(*args, **kwargs):
+            with self.phase(name):
+                return function(*args, **kwargs)
+
+        return wrapped
+
+
+@contextmanager
+def instrumented(optimizer: KFAC, clock: PhaseClock):
+    """Time the phases of ``optimizer``'s step by wrapping its parts' functions (restored after)."""
+    module_functions = {
+        "output_gradients": "extra backward (sampled targets)",
+        "layer_batch_factors": "statistics (A, G products)",
+    }
+    saved = {name: getattr(statistics_module, name) for name in module_functions}
+    for name, phase in module_functions.items():
+        setattr(statistics_module, name, clock.wrap(saved[name], phase))
+    methods = [
+        (optimizer.statistics, "_from_sub_batch", "statistics sub-batch forward"),
+        (optimizer, "update_statistics", "statistics (moving average)"),
+        (optimizer, "update_inverses", "inversion (amortized)"),
+        (optimizer, "gradient_matrices", "preconditioning"),
+        (optimizer, "precondition", "preconditioning"),
+        (optimizer, "_step_rule", "update (step rule, apply)"),
+        (optimizer, "apply_updates", "update (step rule, apply)"),
+        (optimizer.quadratic_model, "gram", "quadratic model (J u products, dots)"),
+        (optimizer, "_adapt_damping", "damping rule (forward at the new point)"),
+    ]
+    for owner, name, phase in methods:
+        setattr(owner, name, clock.wrap(getattr(owner, name), phase))
+    try:
+        yield
+    finally:
+        for name in module_functions:
+            setattr(statistics_module, name, saved[name])
+        for owner, name, _ in methods:
+            delattr(owner, name)
+
+
+def breakdown(inputs: Tensor, name: str, args: argparse.Namespace) -> dict[str, float]:
+    """Mean milliseconds per step of K-FAC ``name`` in each phase (whole inverse periods)."""
+    local = argparse.Namespace(**{**vars(args), "kfacs": [name]})
+    steps, optimizers = step_functions(inputs, local)
+    optimizer = optimizers[name]
+    for _ in range(args.warmup):
+        steps[name]()
+    optimizer.steps = 0
+    clock = PhaseClock()
+    with instrumented(optimizer, clock):
+        for _ in range(args.steps):
+            with clock.phase("main forward/backward and rest"):
+                steps[name]()
+    return {phase: 1e3 * total / args.steps for phase, total in clock.totals.items()}
+
+
+def memory_child(optimizer_name: str, args: argparse.Namespace) -> None:
+    """Run in a fresh process: peak RSS after setup and after the steps, printed as JSON.
+
+    The batch is uniform noise in [0, 1] of the real shape: loading the whole dataset
+    would set the high-water mark before the first step and hide what the steps add.
+    """
+    torch.manual_seed(0)
+    inputs = torch.rand(args.batch, 784)
+    kfacs = [] if optimizer_name == "momentum" else [optimizer_name]
+    steps, _ = step_functions(inputs, argparse.Namespace(**{**vars(args), "kfacs": kfacs}))
+    before = peak_rss_mib()
+    for _ in range(args.memory_steps):
+        steps[optimizer_name]()
+    after = peak_rss_mib()
+    print(json.dumps({"optimizer": optimizer_name, "setup_mib": before, "peak_mib": after}))
+
+
+def measure_memory(batch: int, args: argparse.Namespace) -> dict[str, dict]:
+    """Peak RSS of each optimizer, each in its own subprocess."""
+    results = {}
+    for name in ("momentum", *args.kfacs):
+        command = [sys.executable, "-m", "natgrad.bench.step", "--memory-child", name]
+        command += ["--batch", str(batch), "--device", "cpu"]
+        command += ["--memory-steps", str(args.memory_steps)]
+        command += [f"--set={key}={value}" for key, value in args.overrides]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        results[name] = json.loads(output.strip().splitlines()[-1])
+    return results
+
+
+def report_times(batch: int, times: dict[str, list[float]]) -> None:
+    """Median and mean step time of every optimizer, and each K-FAC's ratio to Momentum."""
+    base_median = statistics.median(times["momentum"])
+    base_mean = statistics.fmean(times["momentum"])
+    print(f"batch {batch}")
+    for name, values in times.items():
+        median, mean = statistics.median(values), statistics.fmean(values)
+        ratio = f"ratio median {median / base_median:.2f}x  mean {mean / base_mean:.2f}x"
+        print(f"  {name:14s} median {median * 1e3:8.1f} ms  mean {mean * 1e3:8.1f} ms  {ratio}")
+
+
+def report_memory(memory: dict[str, dict]) -> None:
+    """Peak RSS per optimizer and each K-FAC's ratio to Momentum (whole and added)."""
+    added = {name: m["peak_mib"] - m["setup_mib"] for name, m in memory.items()}
+    for name, m in memory.items():
+        whole = m["peak_mib"] / memory["momentum"]["peak_mib"]
+        extra = added[name] / max(added["momentum"], 1e-9)
+        print(
+            f"  peak RSS {name:14s} {m['peak_mib']:7.1f} MiB (setup {m['setup_mib']:7.1f}, "
+            f"added by the steps {added[name]:6.1f} MiB); vs momentum {whole:.2f}x whole, "
+            f"{extra:.2f}x added"
+        )
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``key=value`` with the value read as a Python literal when it is one."""
+    key, _, raw = text.partition("=")
+    try:
+        return key, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return key, raw
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--batches",
+        type=int,
+        nargs="+",
+        default=[1000, 4000],
+        help="batch sizes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=40,
+        help="timed steps, a multiple of inv_every (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="untimed steps first (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--kfacs",
+        nargs="+",
+        default=["kfac", "kfac_adaptive"],
+        help="K-FAC presets (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        type=parse_override,
+        action="append",
+        default=[],
+        help="hyperparameter override for every K-FAC, e.g. --set stat_every=2 (default: none)",
+    )
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also time each phase (default: off)"
+    )
+    parser.add_argument(
+        "--memory", action="store_true", help="also measure peak RSS (default: off)"
+    )
+    parser.add_argument(
+        "--memory-steps",
+        type=int,
+        default=5,
+        help="steps of the memory runs (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--device",
+        default=default_device(),
+        help="cpu or cuda (default: %(default)s, cuda when present)",
+    )
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Step times (and the breakdown and memory when asked) at every batch size."""
+    args.device = check_device(args.device)
+    if args.memory and args.device.type != "cpu":
+        raise ValueError("--memory measures host memory: use it with --device cpu")
+    results: dict = {"device": str(args.device), "threads": torch.get_num_threads()}
+    log = print if not args.json else _quiet
+    log(
+        f"threads={torch.get_num_threads()} OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} "
+        f"load average={os.getloadavg()[0]:.1f} steps={args.steps}"
+    )
+    for name in args.kfacs:
+        spec = get_optimizer_spec(name)
+        log(f"{name}: {resolve_hyperparameters(spec, dict(args.overrides))}")
+    for batch in args.batches:
+        inputs = fashion_batch(batch).to(args.device)
+        times = alternating_times(inputs, args)
+        entry = {"times": {name: summary(values) for name, values in times.items()}}
+        if not args.json:
+            report_times(batch, times)
+        for name in args.kfacs if args.breakdown else ():
+            phases = breakdown(inputs, name, args)
+            entry.setdefault("breakdown_ms", {})[name] = phases
+            total = sum(phases.values())
+            log(f"  breakdown of {name} (alone, mean over the timed steps)")
+            for phase, value in sorted(phases.items(), key=lambda item: -item[1]):
+                log(f"    {phase:40s} {value:8.1f} ms  {100 * value / total:5.1f}%")
+            log(f"    {'total':40s} {total:8.1f} ms")
+        if args.memory:
+            memory = measure_memory(batch, args)
+            entry["memory"] = memory
+            if not args.json:
+                report_memory(memory)
+        results[str(batch)] = entry
+    log(f"load average at the end={os.getloadavg()[0]:.1f}")
+    return results
+
+
+def _quiet(*_args, **_kwargs) -> None:
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The script form (``python -m natgrad.bench.step``, benchmarks/bench_kfac_step.py)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="figures as one JSON line")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)  # one optimizer's memory run
+    parser.add_argument("--batch", type=int, default=1000, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_child:
+        args.device = check_device(args.device)
+        memory_child(args.memory_child, args)
+        return
+    results = run(args)
+    if args.json:
+        print(json.dumps(results))
+
+
+register_benchmark(Benchmark("step", __doc__.splitlines()[0], add_arguments, run))
+
+if __name__ == "__main__":
+    main()

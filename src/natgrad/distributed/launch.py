@@ -1,0 +1,88 @@
+"""Starting and joining ranks: torchrun's own machinery, no home-made launcher.
+
+``launch(nproc, argv)`` runs ``python -m natgrad.cli ARGV`` on ``nproc`` local ranks
+through ``torch.distributed.run`` (standalone rendezvous on a free port); each of them
+finds the ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` variables torchrun sets and calls
+:func:`join_process_group`. The same variables come from a user's own ``torchrun``
+on several machines (docs/DISTRIBUTED.md).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_TIMEOUT_S = 300.0
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is a rank started by torchrun (or another launcher that sets
+    RANK and WORLD_SIZE)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def environment_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def environment_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def rank_device(device: str) -> str:
+    """This rank's device: "cuda" becomes cuda:LOCAL_RANK (one GPU per rank)."""
+    if device == "cuda" and launched_by_torchrun():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
+
+
+def join_process_group(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Initialize the default process group from torchrun's environment: NCCL for CUDA
+    devices, gloo otherwise; a collective waiting longer than ``timeout_s`` fails."""
+    if dist.is_initialized():
+        return
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(torch.device(device))
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+
+
+def leave_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """Run ``natgrad ARGV`` on ``nproc`` local ranks with torchrun; the exit status."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    parser = get_args_parser()
+    parser.allow_abbrev = False  # natgrad's --nproc is not torchrun's --nproc-per-node
+    arguments = parser.parse_args(
+        ["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "-m", "natgrad.cli"]
+        + list(argv)
+    )
+    try:
+        run(arguments)
+    except ChildFailedError as failure:
+        ranks = ", ".join(str(rank) for rank in sorted(failure.failures))
+        codes = ", ".join(str(f.exitcode) for _, f in sorted(failure.failures.items()))
+        print(f"natgrad: rank(s) {ranks} of {nproc} failed (exit status {codes})")
+        return 1
+    return 0
+
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "launched_by_torchrun",
+    "environment_world_size",
+    "environment_rank",
+    "rank_device",
+    "join_process_group",
+    "leave_process_group",
+    "launch",
+]

@@ -1,0 +1,180 @@
+"""The doubly-factored preconditioner of one very large layer (Ba, Grosse & Martens 2017).
+
+The layer's curvature is K ⊗ Psi ⊗ G (channels, locations, outputs; see
+:mod:`natgrad.curvature.doubly_factored`). The weight part of the gradient matrix V
+(out x channels*locations) is read as a tensor (out, channels, locations) and
+preconditioned by mode products with the three damped inverses:
+
+    U[o, c, l] = sum G~^-1[o, o'] K~^-1[c, c'] Psi~^-1[l, l'] V[o', c', l'],
+
+with three-factor damping F~ = F + pi_F lambda^(1/3) I, pi_F = t_F / (t_K t_Psi t_G)^(1/3)
+and t_F = tr(F) / dim(F), so that the three dampings multiply to lambda (here
+lambda = gamma^2 = damping + weight decay) and each is scaled to its factor, as the
+two-factor pi is (REFERENCES.md s.5). The bias column has the block 1 ⊗ G; it is
+preconditioned with the same G~^-1 and the scalar 1 + lambda / delta_G, whose damping
+completes G's to lambda.
+
+Like :class:`~natgrad.precondition.kronecker.KroneckerPreconditioner`: ``update`` the
+running factors, ``compute_decomposition`` (pure, can run anywhere), ``install``,
+``apply``; "cholesky" bakes the damping into explicit inverses, "eigen" keeps the
+eigenbases so the damping can change every step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from natgrad.curvature.doubly_factored import DoublyFactoredFactors
+from natgrad.precondition.damping import add_to_diagonal
+from natgrad.precondition.inverse import (
+    check_inverse_method,
+    symmetric_eigen,
+    symmetric_inverse,
+)
+
+DECOMPOSITION_PREFIX = "inverse."
+_READY = DECOMPOSITION_PREFIX + "ready"
+FACTOR_NAMES = ("K", "Psi", "G")
+_TINY_TRACE = 1e-12
+
+
+def three_factor_dampings(traces: list[Tensor], dims: list[int], total: float) -> list[Tensor]:
+    """delta_F = pi_F * total^(1/3) with pi_F = t_F / geometric mean of the t's."""
+    means = [trace.clamp_min(_TINY_TRACE) / dim for trace, dim in zip(traces, dims, strict=True)]
+    geometric = torch.stack(means).log().mean().exp()
+    root = total ** (1.0 / 3.0)
+    return [mean / geometric * root for mean in means]
+
+
+def mode_products(K: Tensor, Psi: Tensor, G: Tensor, weight: Tensor) -> Tensor:
+    """sum G[o,o'] K[c,c'] Psi[l,l'] weight[o',c',l'] for weight (out, channels, locations)."""
+    out, channels, locations = weight.shape
+    result = weight @ Psi.T  # mode 3
+    result = torch.matmul(K, result)  # mode 2, batched over the outputs
+    return (G @ result.reshape(out, -1)).reshape(out, channels, locations)  # mode 1
+
+
+class DoublyFactoredPreconditioner:
+    """Running K, Psi, G of one layer and their damped decomposition."""
+
+    def __init__(self, method: str = "cholesky") -> None:
+        self.method = check_inverse_method(method)
+        self.factors: dict[str, Tensor] | None = None
+        self.decomposition: dict[str, Tensor] | None = None
+
+    @property
+    def has_factors(self) -> bool:
+        return self.factors is not None
+
+    @property
+    def ready(self) -> bool:
+        return self.decomposition is not None
+
+    @staticmethod
+    def accepts(factors) -> bool:
+        return isinstance(factors, DoublyFactoredFactors)
+
+    def update_factors(self, factors: DoublyFactoredFactors, decay: float) -> None:
+        """running <- decay * running + (1 - decay) * batch (the batch itself the first time)."""
+        batch = dict(zip(FACTOR_NAMES, factors.matrices(), strict=True))
+        if self.factors is None or decay == 0.0:
+            self.factors = {name: matrix.clone() for name, matrix in batch.items()}
+            return
+        for name, matrix in batch.items():
+            self.factors[name].lerp_(matrix, 1.0 - decay)
+
+    def _dampings(self, matrices: list[Tensor], gamma: float) -> list[Tensor]:
+        return three_factor_dampings(
+            [torch.trace(m) for m in matrices], [m.shape[0] for m in matrices], gamma**2
+        )
+
+    def compute_decomposition(self, gamma: float) -> dict[str, Tensor]:
+        """Damped inverses ("cholesky") or eigendecompositions ("eigen") of K, Psi, G (pure)."""
+        if self.factors is None:
+            raise RuntimeError("no factors yet: call update_factors() before refreshing")
+        matrices = [self.factors[name] for name in FACTOR_NAMES]
+        if self.method == "eigen":
+            decomposition = {}
+            for name, matrix in zip(FACTOR_NAMES, matrices, strict=True):
+                values, vectors = symmetric_eigen(matrix)
+                decomposition[name + "_eigvals"], decomposition[name + "_eigvecs"] = values, vectors
+            return decomposition
+        dampings = self._dampings(matrices, gamma)
+        decomposition = {
+            name + "_inv": symmetric_inverse(add_to_diagonal(matrix, damping))
+            for name, matrix, damping in zip(FACTOR_NAMES, matrices, dampings, strict=True)
+        }
+        decomposition["bias_scale"] = 1.0 / (1.0 + gamma**2 / dampings[2])
+        return decomposition
+
+    def install(self, decomposition: dict[str, Tensor]) -> None:
+        self.decomposition = decomposition
+
+    def refresh(self, gamma: float) -> None:
+        self.install(self.compute_decomposition(gamma))
+
+    def apply(self, V: Tensor, gamma: float) -> Tensor:
+        """The damped K ⊗ Psi ⊗ G inverse applied to the gradient matrix ``V`` (float32)."""
+        V = V.float()
+        if self.decomposition is None:
+            return V
+        channels, locations = self.factors["K"].shape[0], self.factors["Psi"].shape[0]
+        weight = V[:, : channels * locations].reshape(-1, channels, locations)
+        has_bias = V.shape[1] == channels * locations + 1
+        if self.method == "eigen":
+            weight_update, bias_update = self._apply_eigen(weight, V, has_bias, gamma)
+        else:
+            d = self.decomposition
+            weight_update = mode_products(d["K_inv"], d["Psi_inv"], d["G_inv"], weight)
+            bias_update = (d["G_inv"] @ V[:, -1]) * d["bias_scale"] if has_bias else None
+        columns = [weight_update.reshape(V.shape[0], -1)]
+        if bias_update is not None:
+            columns.append(bias_update[:, None])
+        return torch.cat(columns, dim=1)
+
+    def _apply_eigen(self, weight: Tensor, V: Tensor, has_bias: bool, gamma: float):
+        d = self.decomposition
+        values = [d[name + "_eigvals"] for name in FACTOR_NAMES]
+        vectors = [d[name + "_eigvecs"] for name in FACTOR_NAMES]
+        dampings = three_factor_dampings(
+            [v.sum() for v in values], [v.shape[0] for v in values], gamma**2
+        )
+        Q_K, Q_Psi, Q_G = vectors
+        rotated = mode_products(Q_K.T, Q_Psi.T, Q_G.T, weight)  # into the eigenbases
+        d_K, d_Psi, d_G = (v + damping for v, damping in zip(values, dampings, strict=True))
+        rotated = rotated / (d_G[:, None, None] * d_K[None, :, None] * d_Psi[None, None, :])
+        weight_update = mode_products(Q_K, Q_Psi, Q_G, rotated)
+        bias_update = None
+        if has_bias:
+            scale = 1.0 / (1.0 + gamma**2 / dampings[2])
+            bias_update = Q_G @ ((Q_G.T @ V[:, -1]) / d_G) * scale
+        return weight_update, bias_update
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Factors under "K", "Psi", "G" and the decomposition under "inverse.*"."""
+        state: dict[str, Tensor] = dict(self.factors or {})
+        if self.decomposition is not None:
+            for key, value in self.decomposition.items():
+                tensor = value if isinstance(value, Tensor) else torch.tensor(value)
+                state[DECOMPOSITION_PREFIX + key] = tensor
+            state[_READY] = torch.ones(())
+        return state
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        present = [name for name in FACTOR_NAMES if name in state]
+        self.factors = {name: state[name] for name in present} if present else None
+        start = len(DECOMPOSITION_PREFIX)
+        decomposition = {
+            key[start:]: value
+            for key, value in state.items()
+            if key.startswith(DECOMPOSITION_PREFIX) and key != _READY
+        }
+        self.decomposition = decomposition if _READY in state else None
+
+    @staticmethod
+    def owns_key(key: str) -> bool:
+        return key in FACTOR_NAMES or key.startswith(DECOMPOSITION_PREFIX)
+
+
+__all__ = ["DoublyFactoredPreconditioner", "three_factor_dampings", "mode_products"]
