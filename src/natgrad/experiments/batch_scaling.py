@@ -491,17 +491,28 @@ def run(
     return measure(config, out_dir, storage, 1 if workers is None else workers)
 
 
+PRESET_DEFAULT = " (default: the preset's)"
 OPTIONS = (
     PRESET_OPTION,
-    ExperimentOption("--workload", "workload name (see `natgrad workloads`)"),
-    ExperimentOption("--optimizers", "comma-separated optimizers, e.g. sgd,momentum,adam"),
-    ExperimentOption("--batch-sizes", "comma-separated increasing batch sizes"),
-    ExperimentOption("--target", "target value of the metric", float),
-    ExperimentOption("--target-metric", "val_error or val_loss (on the validation split)"),
-    ExperimentOption("--trials", "quasi-random trials per optimizer and batch size", int),
-    ExperimentOption("--seed", "seed of the Halton sequence, the model and the batches", int),
-    ExperimentOption("--storage", "SQLAlchemy URL of a shared storage (default DIR/study.db)"),
-    ExperimentOption("--workers", "local worker processes", int),
+    ExperimentOption("--workload", "workload name, see `natgrad workloads`" + PRESET_DEFAULT),
+    ExperimentOption(
+        "--optimizers", "comma-separated optimizers, e.g. sgd,momentum,adam" + PRESET_DEFAULT
+    ),
+    ExperimentOption("--batch-sizes", "comma-separated increasing batch sizes" + PRESET_DEFAULT),
+    ExperimentOption("--target", "target value of the metric" + PRESET_DEFAULT, float),
+    ExperimentOption(
+        "--target-metric", "val_error or val_loss, on the validation split" + PRESET_DEFAULT
+    ),
+    ExperimentOption(
+        "--trials", "quasi-random trials per optimizer and batch size" + PRESET_DEFAULT, int
+    ),
+    ExperimentOption(
+        "--seed", "seed of the Halton sequence, the model and the batches (default: 0)", int
+    ),
+    ExperimentOption(
+        "--storage", "SQLAlchemy URL of a shared storage (default: study.db in --out)"
+    ),
+    ExperimentOption("--workers", "local worker processes (default: 1)", int),
 )
 
 register_experiment(

@@ -32,7 +32,10 @@ class ExperimentOption:
         return self.flag.removeprefix("--").replace("-", "_")
 
 
-PRESET_OPTION = ExperimentOption("--preset", "smoke (a quick check) or full (the measurement)")
+PRESET_OPTION = ExperimentOption(
+    "--preset",
+    "smoke (a quick check) or full (the measurement) (default: full, or smoke with --quick)",
+)
 
 
 @dataclass(frozen=True)
