@@ -244,20 +244,27 @@ def add_experiment_parser(commands) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="a smaller, faster version (default: off)"
     )
+    from natgrad.experiments.registry import every_option
+
+    for option in every_option().values():
+        parser.add_argument(option.flag, type=option.type, help=option.help)
     parser.set_defaults(handler=run_experiment)
 
 
 def run_experiment(args: argparse.Namespace) -> int:
-    from natgrad.experiments.registry import EXPERIMENTS, get_experiment
+    from natgrad.experiments.registry import EXPERIMENTS, chosen_options, every_option
 
     if args.name is None:
         for experiment in EXPERIMENTS.values():
             print(f"{experiment.name:28s} {experiment.description}")
         return 0
-    experiment = get_experiment(args.name)
+    experiment = EXPERIMENTS.lookup(args.name)
+    values = {option.dest: getattr(args, option.dest) for option in every_option().values()}
+    options = chosen_options(experiment, values)
     out_dir = Path(args.out or f"runs/{args.name}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = experiment.run(out_dir, args.quick)
+    if not experiment.options:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    results = experiment.run(out_dir, args.quick, **options)
     print(json_dumps(_without_long_lists(results), indent=2, sort_keys=True, default=str))
     print(f"figures and results.json (with every curve) in {out_dir}")
     return 0
@@ -297,8 +304,8 @@ def run_demo(args: argparse.Namespace) -> int:
 def add_report_parser(commands) -> None:
     parser = commands.add_parser(
         "report",
-        help="write report.md, report.html and figures of a `natgrad compare` or "
-        "`natgrad tune` folder",
+        help="write report.md, report.html and figures of a `natgrad compare`, "
+        "`natgrad tune` or `natgrad experiment nqm|batch-scaling` folder",
     )
     parser.add_argument("folder", help="the --out folder of `natgrad compare` or `natgrad tune`")
     parser.add_argument(
@@ -313,11 +320,10 @@ def run_report(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder; pass the --out folder of compare or tune")
-    if (folder / "results.json").exists():
-        from natgrad.report.commands import load_results
-        from natgrad.report.document import write_report
+    if (folder / "results.json").exists():  # compare, or the nqm / batch-scaling experiments
+        from natgrad.report.commands import write_results_report
 
-        written = write_report(load_results(folder), folder)
+        written = write_results_report(folder)
     else:
         from natgrad.tune.summary import is_study_folder, study_folder_summary
 

@@ -5,8 +5,10 @@ To add an experiment, register it in its own module and add one import line belo
 
 # Built-in experiments (each module registers itself on import).
 from natgrad.experiments import (
+    batch_scaling,  # noqa: E402, F401
     ill_conditioned_quadratic,  # noqa: E402, F401, I001
     kfac_vs_sgd,  # noqa: E402, F401
+    nqm,  # noqa: E402, F401
     plateau,  # noqa: E402, F401
 )
 from natgrad.experiments.registry import (

@@ -20,12 +20,57 @@ from natgrad.registry import Registry
 
 
 @dataclass(frozen=True)
+class ExperimentOption:
+    """A command-line option an experiment accepts: ``--batch-sizes`` -> ``batch_sizes=``."""
+
+    flag: str
+    help: str
+    type: Callable = str
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+PRESET_OPTION = ExperimentOption(
+    "--preset",
+    "smoke (a quick check) or full (the measurement) (default: full, or smoke with --quick)",
+)
+
+
+@dataclass(frozen=True)
 class Experiment:
-    """A named experiment: ``run(out_dir, quick) -> results`` writes figures and results.json."""
+    """A named experiment: ``run(out_dir, quick, **options) -> results``.
+
+    ``run`` writes figures and results.json; ``options`` lists the command-line options
+    it takes besides ``--out`` and ``--quick`` (passed as keywords when given).
+    """
 
     name: str
     description: str
-    run: Callable[[Path, bool], dict]
+    run: Callable[..., dict]
+    options: tuple[ExperimentOption, ...] = ()
+
+
+def every_option() -> dict[str, ExperimentOption]:
+    """The options of all registered experiments by flag (one definition per flag)."""
+    options: dict[str, ExperimentOption] = {}
+    for experiment in EXPERIMENTS.values():
+        for option in experiment.options:
+            options.setdefault(option.flag, option)
+    return options
+
+
+def chosen_options(experiment: Experiment, values: dict) -> dict:
+    """The given (non-None) option values; ValueError for one ``experiment`` does not take."""
+    accepted = {option.dest for option in experiment.options}
+    given = {key: value for key, value in values.items() if value is not None}
+    unknown = sorted(set(given) - accepted)
+    if unknown:
+        flags = ", ".join("--" + key.replace("_", "-") for key in unknown)
+        allowed = ", ".join(o.flag for o in experiment.options) or "only --out and --quick"
+        raise ValueError(f"experiment {experiment.name!r} takes no {flags}; its options: {allowed}")
+    return given
 
 
 EXPERIMENTS: Registry[Experiment] = Registry("experiment")
@@ -60,6 +105,10 @@ def single_thread() -> Iterator[None]:
 __all__ = [
     "single_thread",
     "Experiment",
+    "ExperimentOption",
+    "PRESET_OPTION",
+    "every_option",
+    "chosen_options",
     "EXPERIMENTS",
     "register_experiment",
     "get_experiment",

@@ -1,4 +1,5 @@
-"""Reading what ``natgrad report`` renders: results.json of a ``natgrad compare`` folder."""
+"""Reading what ``natgrad report`` renders: results.json of a ``natgrad compare`` folder,
+or of the ``nqm`` and ``batch-scaling`` experiments."""
 
 from __future__ import annotations
 
@@ -8,18 +9,35 @@ from pathlib import Path
 RESULTS_KEYS = ("config", "studies", "ranking", "inclusion", "rank_flips", "warnings")
 
 
-def load_results(folder: Path) -> dict:
-    """results.json of a comparison folder; ValueError if it is missing, unreadable or
-    lacks the keys that `natgrad compare` writes."""
+def read_results(folder: Path) -> dict:
+    """results.json of ``folder`` as it is; ValueError if it is missing or unreadable."""
     path = Path(folder) / "results.json"
     if not path.exists():
         raise ValueError(
             f"{folder} holds no results.json; run `natgrad compare --out {folder}` first"
         )
     try:
-        results = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from None
+
+
+def write_results_report(folder: Path) -> dict[str, Path]:
+    """The report of a folder with results.json: a comparison or a scaling experiment."""
+    from natgrad.report.document import write_report
+    from natgrad.report.scaling import is_scaling_results, write_scaling_report
+
+    results = read_results(folder)
+    if is_scaling_results(results):
+        return write_scaling_report(results, folder)
+    return write_report(load_results(folder), folder)
+
+
+def load_results(folder: Path) -> dict:
+    """results.json of a comparison folder; ValueError if it is missing, unreadable or
+    lacks the keys that `natgrad compare` writes."""
+    path = Path(folder) / "results.json"
+    results = read_results(folder)
     missing = [key for key in RESULTS_KEYS if not isinstance(results, dict) or key not in results]
     if missing:
         raise ValueError(

@@ -150,7 +150,7 @@ def stop_when_parent_dies(parent: int, interval: float = PARENT_CHECK_S) -> thre
     return thread
 
 
-def _worker_main(url: str, spec_dicts: list[dict], trials: int, parent: int) -> None:
+def _worker_main(url: str, specs: list[StudySpec], trials: int, parent: int, runner=None) -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -159,13 +159,16 @@ def _worker_main(url: str, spec_dicts: list[dict], trials: int, parent: int) -> 
     sys.unraisablehook = quiet_interrupts
     try:
         stop_when_parent_dies(parent)
-        work(url, [StudySpec(**spec) for spec in spec_dicts], trials)
+        work(url, specs, trials, runner=runner)
     except KeyboardInterrupt:
         sys.exit(130)
 
 
-def spawn_workers(url: str, specs: list[StudySpec], trials: int, workers: int) -> list:
-    """Start ``workers`` spawned processes running :func:`work` with one thread each."""
+def spawn_workers(url: str, specs: list[StudySpec], trials: int, workers: int, runner=None) -> list:
+    """Start ``workers`` spawned processes running :func:`work` with one thread each.
+
+    ``specs`` (dataclasses) and ``runner`` (a module-level function) are pickled.
+    """
     context = multiprocessing.get_context("spawn")
     previous = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -173,7 +176,7 @@ def spawn_workers(url: str, specs: list[StudySpec], trials: int, workers: int) -
         processes = [
             context.Process(
                 target=_worker_main,
-                args=(url, [s.attrs() for s in specs], trials, os.getpid()),
+                args=(url, list(specs), trials, os.getpid(), runner),
                 daemon=False,
             )
             for _ in range(workers)
@@ -190,12 +193,20 @@ def spawn_workers(url: str, specs: list[StudySpec], trials: int, workers: int) -
 
 
 def run_studies(
-    url: str, specs: list[StudySpec], trials: int, workers: int = 1, progress: bool = True
+    url: str,
+    specs: list[StudySpec],
+    trials: int,
+    workers: int = 1,
+    progress: bool = True,
+    runner=None,
 ) -> list[optuna.Study]:
-    """Bring every study of ``specs`` to ``trials`` trials, with ``workers`` processes."""
+    """Bring every study of ``specs`` to ``trials`` trials, with ``workers`` processes.
+
+    ``runner`` replaces :func:`natgrad.tune.study.run_trial` (see :func:`work`).
+    """
     check_workers(workers)
     with signals_as_interrupt():
-        return _run_studies(url, specs, trials, workers, progress)
+        return _run_studies(url, specs, trials, workers, progress, runner)
 
 
 @contextlib.contextmanager
@@ -216,7 +227,7 @@ def signals_as_interrupt():
 
 
 def _run_studies(
-    url: str, specs: list[StudySpec], trials: int, workers: int, progress: bool
+    url: str, specs: list[StudySpec], trials: int, workers: int, progress: bool, runner=None
 ) -> list[optuna.Study]:
     recovered: list[int] = []
     studies = prepare_studies(url, specs, trials, on_recovered=recovered.append)
@@ -225,9 +236,9 @@ def _run_studies(
     monitor.report()
     try:
         if workers == 1:
-            work(url, specs, trials, on_trial=monitor.report)
+            work(url, specs, trials, on_trial=monitor.report, runner=runner)
         else:
-            run_workers(url, specs, trials, workers, monitor)
+            run_workers(url, specs, trials, workers, monitor, runner)
     except KeyboardInterrupt:
         raise Interrupted(interrupted_message(monitor.counts()[0])) from None
     monitor.report()
@@ -240,11 +251,16 @@ def check_workers(workers: int) -> None:
 
 
 def run_workers(
-    url: str, specs: list[StudySpec], trials: int, workers: int, monitor: StudyProgress
+    url: str,
+    specs: list[StudySpec],
+    trials: int,
+    workers: int,
+    monitor: StudyProgress,
+    runner=None,
 ) -> None:
     """Spawn the workers and report until they finish; on a signal here, stop them (each
     records its trial as interrupted) and raise KeyboardInterrupt."""
-    processes = spawn_workers(url, specs, trials, workers)
+    processes = spawn_workers(url, specs, trials, workers, runner)
     try:
         while any(process.is_alive() for process in processes):
             time.sleep(POLL_INTERVAL_S)

@@ -406,15 +406,25 @@ def finish_trial(
     return status
 
 
+TrialRunner = Callable[[optuna.Study, optuna.Trial, StudySpec], str]
+
+
 def work(
-    url: str, specs: list[StudySpec], trials: int, on_trial: Callable[[], None] | None = None
+    url: str,
+    specs: list[StudySpec],
+    trials: int,
+    on_trial: Callable[[], None] | None = None,
+    runner: TrialRunner | None = None,
 ) -> int:
     """Claim and run waiting trials of ``specs`` (in order) until none is left; returns the count.
 
     Several processes (or machines sharing a server) may run this at once on the same
     studies. A trial interrupted by a signal is recorded (its point is enqueued again
     on the next run) and then KeyboardInterrupt is raised, so callers stop too.
+    ``runner`` (default :func:`run_trial`) trains a claimed trial, tells the study and
+    returns the trial's status; experiments with another objective pass their own.
     """
+    runner = runner or run_trial
     studies = [open_study(url, spec) for spec in specs]
     done = 0
     while True:
@@ -427,7 +437,7 @@ def work(
                     break
         if claimed is None:
             return done
-        status = run_claimed(*claimed)
+        status = run_claimed(*claimed, runner=runner)
         done += 1
         if on_trial is not None:
             on_trial()
@@ -435,11 +445,13 @@ def work(
             raise KeyboardInterrupt(f"trial {claimed[1].number} of {claimed[2].name} interrupted")
 
 
-def run_claimed(study: optuna.Study, trial: optuna.Trial, spec: StudySpec) -> str:
-    """:func:`run_trial`, recording the trial as interrupted if a signal ends it anywhere,
-    so no trial stays running after its process stops."""
+def run_claimed(
+    study: optuna.Study, trial: optuna.Trial, spec: StudySpec, runner: TrialRunner = run_trial
+) -> str:
+    """``runner`` (:func:`run_trial`), recording the trial as interrupted if a signal ends it
+    anywhere, so no trial stays running after its process stops."""
     try:
-        return run_trial(study, trial, spec)
+        return runner(study, trial, spec)
     except BaseException:
         with contextlib.suppress(Exception):
             finish_trial(study, trial, "interrupted", "stopped by a signal")

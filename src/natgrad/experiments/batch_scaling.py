@@ -1,0 +1,536 @@
+"""Batch-size scaling on a real workload: fewest steps to a target, tuned at every batch size.
+
+Shallue et al. (2018) measure, for each optimizer and batch size B, the fewest training
+steps S(B) that any hyperparameter setting of a search needs to reach a target, and
+read off where S(B) stops halving when B doubles. Here each (optimizer, B) is one
+quasi-random Optuna study of natgrad's tune package (:mod:`natgrad.tune.study`): the
+first K points of a scrambled Halton sequence in the optimizer's scaling space
+(:data:`SCALING_SPACES`: the learning rate and the optimizer's key hyperparameter), so
+running the command again resumes, a larger ``--trials`` extends every study, new
+batch sizes add studies, and ``--storage``/``--workers`` share the work as in
+``natgrad tune``.
+
+A trial trains from the seeded initialization (the runner's model, optimizer, schedule
+and batches) for at most ``budget(B) = clamp(ceil(examples_budget / B), min_steps,
+max_steps)`` steps, evaluates the target metric on the validation split at steps
+1, 2, ... growing geometrically by ``eval_ratio`` (so a step count is at most that
+factor above the first step at the target), and stops at the first evaluation at or
+below the target. Its value is that step, or infinity if the target was not reached
+(a diverged trial is a failure). S(B) is the best trial's value; the critical batch
+size follows :mod:`natgrad.experiments.scaling`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+
+from natgrad.experiments.registry import (
+    PRESET_OPTION,
+    Experiment,
+    ExperimentOption,
+    register_experiment,
+    write_results,
+)
+from natgrad.experiments.scaling import critical_batch_size, fit_scaling_model
+from natgrad.train.config import RunConfig
+from natgrad.train.runner import (
+    BatchSampler,
+    build_components,
+    evaluate,
+    load_workload_data,
+    train_step,
+)
+from natgrad.tune.spaces import Dimension, SearchSpace
+from natgrad.tune.storage import redact, storage_url
+from natgrad.tune.study import (
+    NUMERICAL_FAILURES,
+    Heartbeat,
+    StudySpec,
+    finish_trial,
+    point_parameters,
+    trial_records,
+)
+from natgrad.workloads import get_workload
+
+SPACE_NAME = "batch-scaling"
+METRICS = ("val_error", "val_loss")
+FIXED = {"schedule": "constant"}
+DIVERGENCE_FACTOR = 1e3  # a mini-batch loss this many times the first one is a divergence
+
+# Learning rate and each optimizer's key hyperparameter; constant schedules, so that a
+# trial's steps to the target do not depend on its budget.
+SCALING_SPACES: dict[str, SearchSpace] = {
+    "sgd": SearchSpace("sgd", SPACE_NAME, (Dimension("lr", "log", 1e-3, 10.0),), dict(FIXED), "lr"),
+    "momentum": SearchSpace(
+        "momentum",
+        SPACE_NAME,
+        (Dimension("lr", "log", 1e-3, 3.0), Dimension("momentum", "log1m", 0.5, 0.99)),
+        dict(FIXED),
+        "lr and 1 - momentum on log scales",
+    ),
+    "nesterov": SearchSpace(
+        "nesterov",
+        SPACE_NAME,
+        (Dimension("lr", "log", 1e-3, 3.0), Dimension("momentum", "log1m", 0.5, 0.99)),
+        dict(FIXED),
+        "lr and 1 - momentum on log scales",
+    ),
+    "adam": SearchSpace(
+        "adam",
+        SPACE_NAME,
+        (Dimension("lr", "log", 1e-4, 0.1), Dimension("beta1", "log1m", 0.5, 0.99)),
+        {**FIXED, "beta2": 0.999, "eps": 1e-8},
+        "lr and 1 - beta1 on log scales",
+    ),
+    "kfac_adaptive": SearchSpace(
+        "kfac_adaptive",
+        SPACE_NAME,
+        (Dimension("damping", "log", 1e-3, 10.0),),
+        dict(FIXED),
+        "initial damping lambda_0 (step size and momentum from the quadratic model)",
+    ),
+    "kfac": SearchSpace(
+        "kfac",
+        SPACE_NAME,
+        (Dimension("kl_clip", "log", 1e-5, 1e-1), Dimension("damping", "log", 1e-4, 1.0)),
+        {**FIXED, "lr": 0.1, "momentum": 0.9},
+        "KL-clip constant (the step length) and damping",
+    ),
+}
+
+
+def scaling_space(optimizer: str) -> SearchSpace:
+    """The scaling search space of ``optimizer``; ValueError lists the ones there are."""
+    if optimizer not in SCALING_SPACES:
+        raise ValueError(
+            f"no batch-scaling search space for optimizer {optimizer!r}; "
+            f"valid: {', '.join(SCALING_SPACES)}"
+        )
+    return SCALING_SPACES[optimizer]
+
+
+@dataclass(frozen=True)
+class ScalingStudySpec(StudySpec):
+    """One (optimizer, batch size) study: ``steps`` is the trial's step budget."""
+
+    target_metric: str = "val_error"
+    target: float = 0.0
+    eval_ratio: float = 1.1
+
+    @property
+    def name(self) -> str:
+        return f"{self.workload}-{self.optimizer}-b{self.batch_size}-{SPACE_NAME}"
+
+    @property
+    def metric(self) -> str:
+        return "steps_to_target"
+
+    def search_space(self) -> SearchSpace:
+        return scaling_space(self.optimizer)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.batch_size is None:
+            raise ValueError("a batch-scaling study needs a batch size")
+        if self.target_metric not in METRICS:
+            raise ValueError(
+                f"target metric must be one of {', '.join(METRICS)}, got {self.target_metric!r}"
+            )
+        if not math.isfinite(self.target):
+            raise ValueError(f"--target must be a finite number, got {self.target!r}")
+        if not self.eval_ratio > 1.0:
+            raise ValueError(f"eval_ratio must be > 1, got {self.eval_ratio!r}")
+
+
+def evaluation_steps(budget: int, ratio: float) -> list[int]:
+    """Steps 1, 2, ... growing by ``ratio`` (at least one step apart), and the budget."""
+    steps, step = [], 1
+    while step < budget:
+        steps.append(step)
+        step = max(step + 1, math.ceil(step * ratio))
+    return steps + [budget]
+
+
+@dataclass
+class Attempt:
+    """One trial's training: its status, the step at the target (or None) and its curve."""
+
+    status: str = "completed"
+    steps: int | None = None
+    history: list[list[float]] = field(default_factory=list)  # [step, metric, train loss]
+    reason: str = ""
+
+
+@torch.no_grad()
+def produces_finite_outputs(model: torch.nn.Module, inputs: torch.Tensor) -> bool:
+    return bool(torch.isfinite(model(inputs)).all())
+
+
+def train_to_target(spec: ScalingStudySpec, hyperparameters: dict) -> Attempt:
+    """Train until the validation metric is <= the target, the budget ends or it diverges."""
+    workload = get_workload(spec.workload)
+    resolved = RunConfig(
+        spec.workload,
+        spec.optimizer,
+        steps=spec.steps,
+        batch_size=spec.batch_size,
+        seed=spec.seed,
+        hyperparameters=hyperparameters,
+        evaluate_test=False,
+    ).resolved()
+    data = load_workload_data(workload, None, "cpu")
+    model, optimizer_spec, optimizer, scheduler = build_components(resolved, workload, "cpu")
+    sampler = BatchSampler(len(data.train), spec.batch_size, spec.seed, "cpu")
+    key = spec.target_metric.removeprefix("val_")
+    attempt = Attempt()
+    checkpoints = set(evaluation_steps(spec.steps, spec.eval_ratio))
+    first_loss = None
+    for step in range(1, spec.steps + 1):
+        indices = sampler.indices(step - 1)
+        inputs, targets = data.train.inputs[indices], data.train.targets[indices]
+        try:
+            loss = float(train_step(model, workload, optimizer_spec, optimizer, inputs, targets))
+        except RuntimeError as error:  # e.g. K-FAC sampling targets from non-finite outputs
+            if produces_finite_outputs(model, inputs):
+                raise
+            attempt.status, attempt.reason = "diverged", f"non-finite outputs: {error}"
+            return attempt
+        scheduler.step()
+        first_loss = loss if first_loss is None else first_loss
+        if not math.isfinite(loss) or loss > DIVERGENCE_FACTOR * max(first_loss, 1.0):
+            attempt.status, attempt.reason = "diverged", f"training loss {loss} at step {step}"
+            return attempt
+        if step in checkpoints:
+            value = evaluate(model, workload, data.val.inputs, data.val.targets)[key]
+            attempt.history.append([step, value, loss])
+            if value <= spec.target:
+                attempt.steps = step
+                return attempt
+    return attempt
+
+
+def run_scaling_trial(study: optuna.Study, trial: optuna.Trial, spec: ScalingStudySpec) -> str:
+    """The study's trial runner: steps to the target as the value (inf if not reached)."""
+    space = spec.search_space()
+    point = np.asarray(trial.user_attrs["point"])
+    for name, (_, distribution) in point_parameters(space, point).items():
+        trial.suggest_float(name, distribution.low, distribution.high, log=distribution.log)
+    hyperparameters = space.to_hyperparameters(point, total_steps=spec.steps)
+    trial.set_user_attr("hyperparameters", hyperparameters)
+    started = time.perf_counter()
+    try:
+        with Heartbeat(study, trial._trial_id):
+            attempt = train_to_target(spec, hyperparameters)
+    except NUMERICAL_FAILURES as error:  # infeasible hyperparameters, like a divergence
+        attempt = Attempt("diverged", reason=f"{type(error).__name__}: {error}")
+    except KeyboardInterrupt:
+        attempt = Attempt("interrupted", reason="stopped by a signal")
+    except Exception as error:  # noqa: BLE001 - a failing trial is recorded, not fatal
+        attempt = Attempt("error", reason=f"{type(error).__name__}: {error}")
+        print(
+            f"[batch-scaling] trial {trial.number} of {spec.name} raised an unexpected error "
+            f"(recorded as failed):\n{traceback.format_exc()}",
+            file=sys.stderr,
+            flush=True,
+        )
+    trial.set_user_attr("duration_s", time.perf_counter() - started)
+    trial.set_user_attr("history", attempt.history)
+    trial.set_user_attr("reached", attempt.steps is not None)
+    value = math.inf if attempt.steps is None else float(attempt.steps)
+    return finish_trial(study, trial, attempt.status, attempt.reason, value)
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    """A batch-scaling measurement: what is tuned where, and each trial's budget."""
+
+    workload: str
+    optimizers: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
+    target: float
+    target_metric: str
+    trials: int
+    examples_budget: int
+    min_steps: int
+    max_steps: int
+    eval_ratio: float = 1.1
+    seed: int = 0
+    preset: str = "custom"
+
+    def budget(self, batch_size: int) -> int:
+        """Step budget of a trial at ``batch_size``."""
+        steps = math.ceil(self.examples_budget / batch_size)
+        return min(self.max_steps, max(self.min_steps, steps))
+
+    def specs(self) -> list[ScalingStudySpec]:
+        return [
+            ScalingStudySpec(
+                self.workload,
+                optimizer,
+                SPACE_NAME,
+                self.budget(batch),
+                self.seed,
+                batch,
+                self.target_metric,
+                self.target,
+                self.eval_ratio,
+            )
+            for optimizer in self.optimizers
+            for batch in self.batch_sizes
+        ]
+
+    def validate(self) -> None:
+        """ValueError naming the first bad setting (before anything is written)."""
+        if not self.optimizers:
+            raise ValueError("--optimizers must name at least one optimizer")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise ValueError(f"--batch-sizes must be integers >= 1, got {list(self.batch_sizes)}")
+        if list(self.batch_sizes) != sorted(set(self.batch_sizes)):
+            raise ValueError(f"--batch-sizes must be increasing, got {list(self.batch_sizes)}")
+        if not isinstance(self.trials, int) or self.trials < 1:
+            raise ValueError(f"--trials must be an integer >= 1, got {self.trials!r}")
+        if not 1 <= self.min_steps <= self.max_steps or self.examples_budget < 1:
+            raise ValueError("budget: need examples_budget >= 1 and 1 <= min_steps <= max_steps")
+        for spec in self.specs():
+            spec.validate()
+        train_size = _train_size(self.workload)
+        if train_size is not None and self.batch_sizes[-1] > train_size:
+            raise ValueError(
+                f"batch size {self.batch_sizes[-1]} exceeds the {train_size} training "
+                f"examples of {self.workload}"
+            )
+
+
+def _train_size(workload: str) -> int | None:
+    """Training-set size of ``workload`` (loads its data, which the runs need anyway)."""
+    return len(load_workload_data(get_workload(workload), None, "cpu").train)
+
+
+SMOKE = ScalingConfig(
+    workload="digits_mlp",
+    optimizers=("sgd", "momentum", "adam", "kfac_adaptive"),
+    batch_sizes=(16, 64, 256),
+    target=0.15,
+    target_metric="val_error",
+    trials=2,
+    examples_budget=6_000,
+    min_steps=20,
+    max_steps=300,
+    preset="smoke",
+)
+FULL = ScalingConfig(
+    workload="mnist1d_mlp",
+    optimizers=("sgd", "momentum", "adam", "kfac_adaptive"),
+    batch_sizes=(16, 32, 64, 128, 256, 512, 1024, 2048, 3200),
+    target=0.40,
+    target_metric="val_error",
+    trials=12,
+    examples_budget=160_000,
+    min_steps=500,
+    max_steps=8_000,
+    preset="full",
+)
+PRESETS = {"smoke": SMOKE, "full": FULL}
+
+
+def batch_row(study: optuna.Study, spec: ScalingStudySpec, trials: int) -> dict:
+    """The best trial of one study: steps and examples to the target, and its settings."""
+    records = trial_records(study, trials)
+    completed = [r for r in records if r["status"] == "completed"]
+    reached = [r for r in completed if r["value"] is not None and math.isfinite(r["value"])]
+    best = min(reached, key=lambda r: (r["value"], r["point_index"])) if reached else None
+    steps = None if best is None else int(best["value"])
+    return {
+        "batch_size": spec.batch_size,
+        "budget": spec.steps,
+        "steps": steps,
+        "examples": None if steps is None else steps * spec.batch_size,
+        "hyperparameters": best["hyperparameters"] if best else {},
+        "best_point": best["point_index"] if best else None,
+        "trials": len(records),
+        "reached": len(reached),
+        "failed": len(records) - len(completed),
+        "trial_steps": [
+            None if r["value"] is None or not math.isfinite(r["value"]) else int(r["value"])
+            for r in records
+        ],
+        "seconds": sum(r["duration_s"] or 0.0 for r in records),
+    }
+
+
+def analyze(config: ScalingConfig, rows: dict[str, list[dict]]) -> dict:
+    """Critical batch sizes from the rows of every optimizer; the results dict."""
+    critical, fits = {}, {}
+    for name, by_batch in rows.items():
+        batches, steps = [r["batch_size"] for r in by_batch], [r["steps"] for r in by_batch]
+        budgets = [r["budget"] for r in by_batch]
+        critical[name] = critical_batch_size(batches, steps, budgets).to_dict()
+        fit = fit_scaling_model(batches, steps)
+        fits[name] = None if fit is None else fit.to_dict()
+    return {
+        "experiment": "batch-scaling",
+        "config": {
+            **asdict(config),
+            "budgets": {str(b): config.budget(b) for b in config.batch_sizes},
+        },
+        "target": config.target,
+        "target_metric": config.target_metric,
+        "optimizers": {name: name for name in config.optimizers},
+        "order": list(config.optimizers),
+        "curves": rows,
+        "critical": critical,
+        "critical_fit": fits,
+        "critical_batch_size": {name: record["value"] for name, record in critical.items()},
+    }
+
+
+def check_folder(out_dir: Path) -> None:
+    """Refuse a folder whose results.json belongs to another kind of run."""
+    path = Path(out_dir) / "results.json"
+    if not path.exists():
+        return
+    try:
+        kind = json.loads(path.read_text()).get("experiment")
+    except json.JSONDecodeError:
+        kind = None
+    if kind != "batch-scaling":
+        raise ValueError(f"{out_dir} holds results of another run; use another --out folder")
+
+
+def measure(
+    config: ScalingConfig, out_dir: Path, storage: str | None = None, workers: int = 1
+) -> dict:
+    """Bring every study to ``config.trials`` trials, then write results and figures."""
+    from natgrad.report.scaling import write_scaling_figures
+    from natgrad.tune.launch import run_studies
+
+    config.validate()
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"--workers must be an integer >= 1, got {workers!r}")
+    out_dir = Path(out_dir)
+    check_folder(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    url = storage_url(out_dir, storage)
+    specs = config.specs()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    studies = run_studies(url, specs, config.trials, workers, runner=run_scaling_trial)
+    rows: dict[str, list[dict]] = {name: [] for name in config.optimizers}
+    for study, spec in zip(studies, specs, strict=True):
+        rows[spec.optimizer].append(batch_row(study, spec, config.trials))
+    results = analyze(config, rows)
+    results["storage"] = redact(url)
+    results["seconds_this_run"] = time.perf_counter() - started
+    results["cpu_seconds_this_run"] = time.process_time() - cpu_started  # this process only
+    results["figures"] = sorted(p.name for p in write_scaling_figures(results, out_dir).values())
+    write_results(out_dir, results)
+    return results
+
+
+def parse_list(text: str, kind, what: str) -> tuple:
+    """A comma-separated list; ValueError naming ``what`` when an entry does not parse."""
+    try:
+        values = tuple(kind(item.strip()) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise ValueError(f"{what} must be a comma-separated list, got {text!r}") from None
+    return values
+
+
+def configure(
+    preset: str | None,
+    workload: str | None = None,
+    optimizers: str | None = None,
+    batch_sizes: str | None = None,
+    target: float | None = None,
+    target_metric: str | None = None,
+    trials: int | None = None,
+    seed: int | None = None,
+) -> ScalingConfig:
+    """The preset (default "full") with the given command-line values replacing its own."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    config = PRESETS[preset or "full"]
+    changes: dict = {}
+    if workload is not None:
+        changes["workload"] = workload
+    if optimizers is not None:
+        changes["optimizers"] = tuple(dict.fromkeys(parse_list(optimizers, str, "--optimizers")))
+    if batch_sizes is not None:
+        changes["batch_sizes"] = parse_list(batch_sizes, int, "--batch-sizes")
+    for name, value in (("target", target), ("target_metric", target_metric)):
+        if value is not None:
+            changes[name] = value
+    if trials is not None:
+        changes["trials"] = trials
+    if seed is not None:
+        changes["seed"] = seed
+    if changes:
+        changes["preset"] = f"{config.preset} (changed: {', '.join(sorted(changes))})"
+    return replace(config, **changes)
+
+
+def run(
+    out_dir: Path,
+    quick: bool = False,
+    preset: str | None = None,
+    storage: str | None = None,
+    workers: int | None = None,
+    **choices,
+) -> dict:
+    """``natgrad experiment batch-scaling``: the preset ("smoke" with ``quick``) or choices."""
+    config = configure(preset or ("smoke" if quick else None), **choices)
+    return measure(config, out_dir, storage, 1 if workers is None else workers)
+
+
+PRESET_DEFAULT = " (default: the preset's)"
+OPTIONS = (
+    PRESET_OPTION,
+    ExperimentOption("--workload", "workload name, see `natgrad workloads`" + PRESET_DEFAULT),
+    ExperimentOption(
+        "--optimizers", "comma-separated optimizers, e.g. sgd,momentum,adam" + PRESET_DEFAULT
+    ),
+    ExperimentOption("--batch-sizes", "comma-separated increasing batch sizes" + PRESET_DEFAULT),
+    ExperimentOption("--target", "target value of the metric" + PRESET_DEFAULT, float),
+    ExperimentOption(
+        "--target-metric", "val_error or val_loss, on the validation split" + PRESET_DEFAULT
+    ),
+    ExperimentOption(
+        "--trials", "quasi-random trials per optimizer and batch size" + PRESET_DEFAULT, int
+    ),
+    ExperimentOption(
+        "--seed", "seed of the Halton sequence, the model and the batches (default: 0)", int
+    ),
+    ExperimentOption(
+        "--storage", "SQLAlchemy URL of a shared storage (default: study.db in --out)"
+    ),
+    ExperimentOption("--workers", "local worker processes (default: 1)", int),
+)
+
+register_experiment(
+    Experiment(
+        name="batch-scaling",
+        description="steps to a target vs batch size, every optimizer tuned at every batch size",
+        run=run,
+        options=OPTIONS,
+    )
+)
+
+__all__ = [
+    "SCALING_SPACES",
+    "ScalingConfig",
+    "ScalingStudySpec",
+    "evaluation_steps",
+    "train_to_target",
+    "configure",
+    "measure",
+    "run",
+]
