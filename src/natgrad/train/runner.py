@@ -48,6 +48,7 @@ from natgrad.train.progress import Progress
 from natgrad.workloads import Workload, WorkloadData, get_workload
 
 CHECKPOINT_NAME = "checkpoints/last.pt"
+LOSS_READBACK_EVERY = 10  # steps between host reads of the loss on an accelerator
 EVAL_CHUNK = 2048
 _DATA_CACHE: dict[tuple[str, str | None, str], WorkloadData] = {}
 
@@ -327,6 +328,12 @@ class Run:
         )
         self.state = LoopState()
         self.history: list[dict] = []
+        # Losses stay on the device between read-backs: every step on the CPU (where a
+        # read costs nothing), every LOSS_READBACK_EVERY steps and at evaluations,
+        # checkpoints and signals on an accelerator, so steps do not wait for the host.
+        self._pending_losses: list[Tensor] = []
+        cpu = torch.device(self.device).type == "cpu"
+        self.readback_every = 1 if cpu else LOSS_READBACK_EVERY
         if self.out_dir is not None:
             self._open_folder_on_every_rank(resume, overwrite)
 
@@ -480,26 +487,36 @@ class Run:
             if self.state.step == 0 and not self.history:
                 self.record_evaluation()
             while self.state.step < total:
-                loss_value = self._advance()
-                progress.advance(self.state.step, loss_value)
-                if not math.isfinite(loss_value):
-                    status, diverged_at = "diverged", self.state.step
+                self._advance()
+                evaluation_due = (
+                    self.state.step % self.resolved["eval_every"] == 0 or self.state.step == total
+                )
+                every = self.resolved["checkpoint_every"]
+                checkpoint_due = bool(every) and self.state.step % every == 0
+                stop = any_rank(flag.received is not None, "the stop signal check", self.device)
+                if evaluation_due or checkpoint_due or stop or self._readback_due():
+                    diverged_at = self._read_back_losses(progress)
+                if diverged_at is not None:
+                    status = "diverged"
                     break
-                if self.state.step % self.resolved["eval_every"] == 0 or self.state.step == total:
+                if evaluation_due:
                     progress.log_eval(self.state.step, self.record_evaluation())
-                if any_rank(flag.received is not None, "the stop signal check", self.device):
+                if stop:
                     status = "interrupted"
                     self.save_checkpoint()
                     break
-                every = self.resolved["checkpoint_every"]
-                if every and self.state.step % every == 0:
+                if checkpoint_due:
                     self.save_checkpoint()
         progress.close()
         if status == "completed":
             self.save_checkpoint()
         return self._finish(status, diverged_at)
 
-    def _advance(self) -> float:
+    def _readback_due(self) -> bool:
+        return len(self._pending_losses) >= self.readback_every
+
+    def _advance(self) -> None:
+        """One step; its loss stays on the device until :meth:`_read_back_losses`."""
         started = time.perf_counter()
         indices = shard(self.sampler.indices(self.state.step), self.world)
         inputs, targets = self.data.train.inputs[indices], self.data.train.targets[indices]
@@ -507,12 +524,29 @@ class Run:
         if not isinstance(self.optimizer, KFAC):  # K-FAC returns the whole batch's loss
             loss = mean_over_ranks(loss, "the loss all-reduce")
         self.scheduler.step()
-        loss_value = float(loss)
         self.state.step += 1
         self.state.wall_time += time.perf_counter() - started
-        self.state.loss_sum += loss_value
-        self.state.loss_count += 1
-        return loss_value
+        self._pending_losses.append(loss.detach())
+
+    def _read_back_losses(self, progress: Progress) -> int | None:
+        """Copy the pending losses to the host (one sync) into the running mean and the
+        progress bar; the step of the first non-finite one (None if all are finite).
+
+        The wait for the device's queued work counts as training time."""
+        if not self._pending_losses:
+            return None
+        started = time.perf_counter()
+        values = torch.stack(self._pending_losses).float().tolist()
+        self.state.wall_time += time.perf_counter() - started
+        first_step = self.state.step - len(values) + 1
+        self._pending_losses = []
+        for offset, value in enumerate(values):
+            progress.advance(first_step + offset, value)
+            self.state.loss_sum += value
+            self.state.loss_count += 1
+            if not math.isfinite(value):
+                return first_step + offset
+        return None
 
     def _finish(self, status: str, diverged_at: int | None) -> RunResult:
         final = self.final_metrics(status)
