@@ -45,10 +45,10 @@ def test_on_rank_one_inputs_the_doubly_factored_step_is_the_exact_natural_gradie
     x = _rank_one_grid(channels, locations, generator)
     y = torch.randn(x.shape[0], out, generator=generator)
     results = {}
-    for name in ("doubly", "natural"):
+    for name in ("doubly", "full", "natural"):
         torch.manual_seed(1)
         model = nn.Sequential(nn.Flatten(), nn.Linear(channels * locations, out, bias=False))
-        if name == "doubly":
+        if name in ("doubly", "full"):
             optimizer = natgrad.KFAC(
                 model,
                 lr=1.0,
@@ -57,7 +57,7 @@ def test_on_rank_one_inputs_the_doubly_factored_step_is_the_exact_natural_gradie
                 fisher="exact",
                 stat_decay=0.0,
                 inv_every=1,
-                doubly_factored=["1"],
+                doubly_factored=["1"] if name == "doubly" else "off",
             )
         else:
             optimizer = natgrad.NaturalGradient(
@@ -67,6 +67,7 @@ def test_on_rank_one_inputs_the_doubly_factored_step_is_the_exact_natural_gradie
         if name == "doubly":
             assert isinstance(optimizer.preconditioners[0], DoublyFactoredPreconditioner)
     torch.testing.assert_close(results["doubly"], results["natural"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(results["doubly"], results["full"], rtol=1e-4, atol=1e-5)
 
 
 def test_on_general_inputs_it_differs_from_full_kfac():

@@ -20,6 +20,7 @@ def _run(config: RunConfig, out: Path, readback_every: int):
 def test_batched_readback_keeps_every_metric(tmp_path: Path) -> None:
     config = RunConfig("digits_mlp", "adam", steps=23, eval_every=10, hyperparameters={"lr": 3e-3})
     results = {every: _run(config, tmp_path / f"every{every}", every) for every in (1, 7)}
+
     def without_time(history):
         return [{k: v for k, v in record.items() if k != "wall_time"} for record in history]
 
