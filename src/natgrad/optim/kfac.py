@@ -523,13 +523,7 @@ def _assign_doubly_factored(layers: list[TrackedLayer], choice) -> None:
     if isinstance(choice, str):
         choice = [name.strip() for name in choice.split(",") if name.strip()]
     requests = choice if isinstance(choice, Mapping) else dict.fromkeys(choice, "on")
-    by_name = {name: layer for layer in layers for name in layer.name.split("+")}
-    unknown = [name for name in requests if name not in by_name]
-    if unknown:
-        raise ValueError(
-            f"doubly_factored names no tracked layer: {', '.join(unknown)}; tracked layers: "
-            + ", ".join(layer.name for layer in layers)
-        )
+    by_name = _layers_named(layers, requests, "doubly_factored")
     for name, shape in requests.items():
         layer = by_name[name]
         layer.doubly_factored = "on"
@@ -544,15 +538,22 @@ def _assign_sharing(layers: list[TrackedLayer], sharing) -> None:
         for layer in layers:
             layer.sharing = sharing
         return
-    by_name = {name: layer for layer in layers for name in layer.name.split("+")}
-    unknown = [name for name in sharing if name not in by_name]
-    if unknown:
-        raise ValueError(
-            f"sharing names no tracked layer: {', '.join(unknown)}; tracked layers: "
-            + ", ".join(layer.name for layer in layers)
-        )
+    by_name = _layers_named(layers, sharing, "sharing")
     for name, mode in sharing.items():
         by_name[name].sharing = mode
+
+
+def _layers_named(layers: list[TrackedLayer], names, option: str) -> dict[str, TrackedLayer]:
+    """Qualified module name -> its tracked layer; ValueError naming ``option`` if one of
+    ``names`` is not a tracked layer's module."""
+    by_name = {name: layer for layer in layers for name in layer.name.split("+")}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise ValueError(
+            f"{option} names no tracked layer: {', '.join(unknown)}; tracked layers: "
+            + ", ".join(layer.name for layer in layers)
+        )
+    return by_name
 
 
 __all__ = ["KFAC", "DampingConfig", "CHECKPOINT_FORMAT"]
