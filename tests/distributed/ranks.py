@@ -59,6 +59,11 @@ CASES = {
         dict(precondition="gather"),
         False,
     ),
+    "exact_doubly_factored_broadcast_async": (
+        dict(fisher="exact", doubly_factored={"0": (2, 3)}, inverse="eigen"),
+        dict(precondition="broadcast", staleness=1),
+        False,
+    ),
     # a layer that joins at step 4 changes the assignment while a refresh is in flight
     "late_layer_async": (dict(fisher="exact"), dict(staleness=1), False),
 }
