@@ -13,8 +13,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 NON_FINITE_KEY = "non_finite"
 
@@ -74,16 +75,24 @@ def write_json(path: Path, value: Any, indent: int | None = 2) -> None:
     write_text_atomically(Path(path), dumps(value, indent=indent, sort_keys=True) + "\n")
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write ``text`` beside ``path``, fsync, then rename over ``path``."""
+def replace_atomically(
+    path: Path, write: Callable[[IO], Any], binary: bool = False, suffix: str = ".tmp"
+) -> None:
+    """Let ``write`` fill a temporary file beside ``path``, fsync it, then rename it over
+    ``path``: a reader sees the old file or the new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb" if binary else "w") as stream:
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` beside ``path``, fsync, then rename over ``path``."""
+    replace_atomically(path, lambda stream: stream.write(text))

@@ -42,7 +42,7 @@ from natgrad.distributed.comms import (
     upper_triangle,
 )
 from natgrad.distributed.inverter import Decompositions, Inverter, decompose_all
-from natgrad.precondition.kronecker import DECOMPOSITION_PREFIX
+from natgrad.precondition.base import DECOMPOSITION_PREFIX
 
 PRECONDITION_MODES = ("broadcast", "gather")
 ROLES = ("both", "gradients", "statistics")

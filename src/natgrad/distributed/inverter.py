@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from natgrad.precondition.kronecker import DECOMPOSITION_PREFIX
+from natgrad.precondition.base import DECOMPOSITION_PREFIX
 
 Decompositions = dict[int, dict[str, Tensor]]
 

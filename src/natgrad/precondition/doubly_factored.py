@@ -26,15 +26,10 @@ import torch
 from torch import Tensor
 
 from natgrad.curvature.doubly_factored import DoublyFactoredFactors
+from natgrad.precondition.base import LayerPreconditionerBase
 from natgrad.precondition.damping import add_to_diagonal
-from natgrad.precondition.inverse import (
-    check_inverse_method,
-    symmetric_eigen,
-    symmetric_inverse,
-)
+from natgrad.precondition.inverse import symmetric_eigen, symmetric_inverse
 
-DECOMPOSITION_PREFIX = "inverse."
-_READY = DECOMPOSITION_PREFIX + "ready"
 FACTOR_NAMES = ("K", "Psi", "G")
 _TINY_TRACE = 1e-12
 
@@ -55,21 +50,18 @@ def mode_products(K: Tensor, Psi: Tensor, G: Tensor, weight: Tensor) -> Tensor:
     return (G @ result.reshape(out, -1)).reshape(out, channels, locations)  # mode 1
 
 
-class DoublyFactoredPreconditioner:
+class DoublyFactoredPreconditioner(LayerPreconditionerBase):
     """Running K, Psi, G of one layer and their damped decomposition."""
 
+    FACTOR_KEYS = FACTOR_NAMES
+
     def __init__(self, method: str = "cholesky") -> None:
-        self.method = check_inverse_method(method)
+        super().__init__(method)
         self.factors: dict[str, Tensor] | None = None
-        self.decomposition: dict[str, Tensor] | None = None
 
     @property
     def has_factors(self) -> bool:
         return self.factors is not None
-
-    @property
-    def ready(self) -> bool:
-        return self.decomposition is not None
 
     @staticmethod
     def accepts(factors) -> bool:
@@ -107,12 +99,6 @@ class DoublyFactoredPreconditioner:
         }
         decomposition["bias_scale"] = 1.0 / (1.0 + gamma**2 / dampings[2])
         return decomposition
-
-    def install(self, decomposition: dict[str, Tensor]) -> None:
-        self.decomposition = decomposition
-
-    def refresh(self, gamma: float) -> None:
-        self.install(self.compute_decomposition(gamma))
 
     def apply(self, V: Tensor, gamma: float) -> Tensor:
         """The damped K ⊗ Psi ⊗ G inverse applied to the gradient matrix ``V`` (float32)."""
@@ -153,28 +139,14 @@ class DoublyFactoredPreconditioner:
 
     def state_dict(self) -> dict[str, Tensor]:
         """Factors under "K", "Psi", "G" and the decomposition under "inverse.*"."""
-        state: dict[str, Tensor] = dict(self.factors or {})
-        if self.decomposition is not None:
-            for key, value in self.decomposition.items():
-                tensor = value if isinstance(value, Tensor) else torch.tensor(value)
-                state[DECOMPOSITION_PREFIX + key] = tensor
-            state[_READY] = torch.ones(())
-        return state
+        if self.factors is None:
+            return {}
+        return {**self.factors, **self.decomposition_state(self.factors["G"].device)}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         present = [name for name in FACTOR_NAMES if name in state]
         self.factors = {name: state[name] for name in present} if present else None
-        start = len(DECOMPOSITION_PREFIX)
-        decomposition = {
-            key[start:]: value
-            for key, value in state.items()
-            if key.startswith(DECOMPOSITION_PREFIX) and key != _READY
-        }
-        self.decomposition = decomposition if _READY in state else None
-
-    @staticmethod
-    def owns_key(key: str) -> bool:
-        return key in FACTOR_NAMES or key.startswith(DECOMPOSITION_PREFIX)
+        self.load_decomposition(state)
 
 
 __all__ = ["DoublyFactoredPreconditioner", "three_factor_dampings", "mode_products"]

@@ -11,33 +11,26 @@ and when without touching the maths. Nothing here knows about modules.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from natgrad.curvature.kronecker import KroneckerFactors
-from natgrad.precondition.inverse import check_inverse_method, decompose, precondition
-
-DECOMPOSITION_PREFIX = "inverse."
-_READY = DECOMPOSITION_PREFIX + "ready"
+from natgrad.precondition.base import DECOMPOSITION_PREFIX, LayerPreconditionerBase
+from natgrad.precondition.inverse import decompose, precondition
 
 
-class KroneckerPreconditioner:
+class KroneckerPreconditioner(LayerPreconditionerBase):
     """Running A ⊗ G of one layer and its damped inverse ("cholesky") or eigenbasis ("eigen")."""
 
+    FACTOR_KEYS = ("A", "G")
+
     def __init__(self, method: str = "cholesky") -> None:
-        self.method = check_inverse_method(method)
+        super().__init__(method)
         self.A: Tensor | None = None
         self.G: Tensor | None = None
-        self.decomposition: dict[str, Tensor] | None = None
 
     @property
     def has_factors(self) -> bool:
         return self.A is not None
-
-    @property
-    def ready(self) -> bool:
-        """Whether a decomposition is installed (before that, :meth:`apply` is the identity)."""
-        return self.decomposition is not None
 
     @staticmethod
     def accepts(factors) -> bool:
@@ -62,14 +55,6 @@ class KroneckerPreconditioner:
             raise RuntimeError("no factors yet: call update() before refreshing")
         return decompose(self.method, self.A, self.G, gamma)
 
-    def install(self, decomposition: dict[str, Tensor]) -> None:
-        """Use ``decomposition`` from the next :meth:`apply` on."""
-        self.decomposition = decomposition
-
-    def refresh(self, gamma: float) -> None:
-        """Compute and install the decomposition of the current factors."""
-        self.install(self.compute_decomposition(gamma))
-
     def apply(self, V: Tensor, gamma: float) -> Tensor:
         """The damped Kronecker inverse applied to the gradient matrix ``V`` (float32)."""
         if self.decomposition is None:
@@ -81,27 +66,13 @@ class KroneckerPreconditioner:
         state: dict[str, Tensor] = {}
         if self.A is not None:
             state["A"], state["G"] = self.A, self.G
-        if self.decomposition is not None:
-            for key, tensor in self.decomposition.items():
-                state[DECOMPOSITION_PREFIX + key] = tensor
-            state[_READY] = torch.ones((), device=self.A.device)
+            state.update(self.decomposition_state(self.A.device))
         return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         """Restore what :meth:`state_dict` wrote (an empty dict resets)."""
         self.A, self.G = state.get("A"), state.get("G")
-        start = len(DECOMPOSITION_PREFIX)
-        decomposition = {
-            key[start:]: value
-            for key, value in state.items()
-            if key.startswith(DECOMPOSITION_PREFIX) and key != _READY
-        }
-        self.decomposition = decomposition if _READY in state else None
-
-    @staticmethod
-    def owns_key(key: str) -> bool:
-        """Whether a checkpoint key belongs to the preconditioner's state."""
-        return key in ("A", "G") or key.startswith(DECOMPOSITION_PREFIX)
+        self.load_decomposition(state)
 
 
 __all__ = ["KroneckerPreconditioner", "DECOMPOSITION_PREFIX"]

@@ -7,9 +7,7 @@ resumed run continues exactly where the checkpoint was taken.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,20 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from natgrad.jsonio import replace_atomically
+
 
 def write_atomically(path: Path, payload: Any) -> None:
     """Save ``payload`` to a temporary file beside ``path``, fsync it, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    replace_atomically(path, lambda stream: torch.save(payload, stream), binary=True, suffix="")
 
 
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "loop", "rng")

@@ -1,0 +1,69 @@
+"""What every per-layer preconditioner shares: a decomposition of its running factors,
+computed by a pure function (so it can run on another thread or rank) and installed
+between steps, and its checkpoint keys ("inverse.*" for the decomposition)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from natgrad.precondition.inverse import check_inverse_method
+
+DECOMPOSITION_PREFIX = "inverse."
+_READY = DECOMPOSITION_PREFIX + "ready"
+
+
+class LayerPreconditionerBase:
+    """Subclasses name their factors' checkpoint keys (``FACTOR_KEYS``) and implement
+    ``has_factors``, ``compute_decomposition(gamma)`` and ``apply(V, gamma)``."""
+
+    FACTOR_KEYS: tuple[str, ...] = ()
+
+    def __init__(self, method: str = "cholesky") -> None:
+        self.method = check_inverse_method(method)
+        self.decomposition: dict[str, Tensor] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether a decomposition is installed (before that, ``apply`` is the identity)."""
+        return self.decomposition is not None
+
+    def compute_decomposition(self, gamma: float) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def install(self, decomposition: dict[str, Tensor]) -> None:
+        """Use ``decomposition`` from the next ``apply`` on."""
+        self.decomposition = decomposition
+
+    def refresh(self, gamma: float) -> None:
+        """Compute and install the decomposition of the current factors."""
+        self.install(self.compute_decomposition(gamma))
+
+    def decomposition_state(self, device: torch.device | None) -> dict[str, Tensor]:
+        """The decomposition under "inverse.*" plus a ready marker (empty when none)."""
+        if self.decomposition is None:
+            return {}
+        state = {
+            DECOMPOSITION_PREFIX + key: value if isinstance(value, Tensor) else torch.tensor(value)
+            for key, value in self.decomposition.items()
+        }
+        state[_READY] = torch.ones((), device=device)
+        return state
+
+    def load_decomposition(self, state: dict[str, Tensor]) -> None:
+        """Restore what :meth:`decomposition_state` wrote (none without the ready marker)."""
+        start = len(DECOMPOSITION_PREFIX)
+        decomposition = {
+            key[start:]: value
+            for key, value in state.items()
+            if key.startswith(DECOMPOSITION_PREFIX) and key != _READY
+        }
+        self.decomposition = decomposition if _READY in state else None
+
+    @classmethod
+    def owns_key(cls, key: str) -> bool:
+        """Whether a checkpoint key belongs to this kind of preconditioner's state."""
+        return key in cls.FACTOR_KEYS or key.startswith(DECOMPOSITION_PREFIX)
+
+
+__all__ = ["LayerPreconditionerBase", "DECOMPOSITION_PREFIX"]
