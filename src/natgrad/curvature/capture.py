@@ -256,8 +256,10 @@ class CurvatureCapture:
         self.root_inputs = args
 
     def _record_flatten(self, module: nn.Flatten, args: tuple, output: Tensor) -> None:
-        """Remember the map an nn.Flatten(start_dim=1) flattened, by its output tensor."""
-        if self.active and module.start_dim == 1 and args[0].dim() >= 3:
+        """Remember the map an nn.Flatten of all but the batch dimension flattened, by its
+        output tensor."""
+        whole = module.start_dim == 1 and module.end_dim in (-1, args[0].dim() - 1)
+        if self.active and whole and args[0].dim() >= 3:
             self._flattened[id(output)] = (output, tuple(args[0].shape[1:]))
 
     def _recorder(self, layer: TrackedLayer):

@@ -189,14 +189,3 @@ def all_finite(factors: Sequence[KroneckerFactors | DoublyFactoredFactors]) -> T
 def ema_decay(num_updates: int, stat_decay: float) -> float:
     """eps_k = min(1 - 1/k, stat_decay) for the k-th update (k >= 1): a warm-up average."""
     return min(1.0 - 1.0 / num_updates, stat_decay)
-
-
-def update_running_factors(
-    running: KroneckerFactors | None, batch: KroneckerFactors, decay: float
-) -> KroneckerFactors:
-    """running <- decay * running + (1 - decay) * batch, in place; the batch when none yet."""
-    if running is None or decay == 0.0:
-        return KroneckerFactors(batch.A.clone(), batch.G.clone())
-    running.A.lerp_(batch.A, 1.0 - decay)
-    running.G.lerp_(batch.G, 1.0 - decay)
-    return running
