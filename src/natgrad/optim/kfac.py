@@ -167,6 +167,7 @@ class KFAC(torch.optim.Optimizer):
         params = [p for p in unwrap_model(model).parameters() if p.requires_grad]
         defaults = dict(lr=lr, momentum=momentum, damping=damping, weight_decay=weight_decay)
         super().__init__(params, defaults)
+        self._groups_fixed = True
         self.preconditioners: list[LayerPreconditioner] = [
             KroneckerPreconditioner(inverse) for _ in self.layers
         ]  # a layer whose statistics come doubly factored gets that kind on its first update
@@ -212,6 +213,18 @@ class KFAC(torch.optim.Optimizer):
             if any(member is module for member in layer.modules):
                 return preconditioner
         raise ValueError(f"{type(module).__name__} is not a module of a tracked layer")
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Only at construction: K-FAC moves the model's trainable parameters as one group
+        (its layers, factors and checkpoints are planned from the model)."""
+        if getattr(self, "_groups_fixed", False):
+            raise ValueError(
+                "KFAC does not support add_param_group: it optimizes the model it was built "
+                "with as one parameter group; change param_groups[0]['lr'|'momentum'|"
+                "'damping'|'weight_decay'] or build a new KFAC (exclude= leaves modules to "
+                "the fallback)"
+            )
+        super().add_param_group(param_group)
 
     # ------------------------------------------------------------ construction
 

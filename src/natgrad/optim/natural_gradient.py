@@ -209,12 +209,24 @@ class NaturalGradient(torch.optim.Optimizer):
             cg_max_iter=cg_max_iter,
         )
         super().__init__(params, defaults)
+        self._groups_fixed = True
         self.model = model
         self.fisher = fisher
         self.curvature = curvature
         self.solver = solver
         self.generator = torch.Generator(device=params[0].device).manual_seed(seed)
         self.last_cg_iterations = 0
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Only at construction: the step solves for all the model's trainable parameters
+        at once, as one group."""
+        if getattr(self, "_groups_fixed", False):
+            raise ValueError(
+                "NaturalGradient does not support add_param_group: it optimizes the model it "
+                "was built with as one parameter group; change param_groups[0]['lr'|"
+                "'damping'|'momentum'|'weight_decay'] or build a new NaturalGradient"
+            )
+        super().add_param_group(param_group)
 
     @contextmanager
     def _capturing_inputs(self, store: list):
