@@ -58,3 +58,64 @@ def test_per_group_options_still_come_from_the_one_group(owner):
 
     optimizer.step(closure)
     assert _unchanged(before, model)
+
+
+# ---------------------------------------------------------------- the model argument
+
+
+@pytest.mark.parametrize("owner", ["KFAC", "NaturalGradient"])
+@pytest.mark.parametrize("kind", ["generator", "list", "param groups"])
+def test_parameters_instead_of_the_model_are_refused(owner, kind):
+    model, _, _ = _classifier()
+    given = {
+        "generator": lambda: model.parameters(),
+        "list": lambda: list(model.parameters()),
+        "param groups": lambda: [{"params": list(model.parameters())}],
+    }[kind]()
+    cls = natgrad.KFAC if owner == "KFAC" else natgrad.NaturalGradient
+    with pytest.raises(TypeError, match=rf"{owner} takes the model \(an nn.Module\)") as raised:
+        cls(given, lr=0.1)
+    assert "\n" not in str(raised.value)
+
+
+# ---------------------------------------------------------------- outputs not from the model
+
+
+NOT_FROM_THE_MODEL = {
+    "fresh tensor": lambda out: torch.randn(out.shape, requires_grad=True),
+    "fresh tensor times one": lambda out: torch.randn(out.shape, requires_grad=True) * 1.0,
+    "detached and re-attached": lambda out: out.detach().requires_grad_(),
+    "another model's outputs": lambda out: nn.Linear(out.shape[1], out.shape[1])(out.detach()),
+}
+
+
+@pytest.mark.parametrize("owner", ["KFAC", "NaturalGradient"])
+@pytest.mark.parametrize("kind", sorted(NOT_FROM_THE_MODEL))
+def test_outputs_not_produced_by_the_model_are_refused(owner, kind):
+    model, x, y = _classifier()
+    optimizer = _optimizer(owner, model)
+    before = _snapshot(model)
+
+    def closure():
+        outputs = model(x)
+        loss = nn.functional.cross_entropy(outputs, y)
+        return loss, NOT_FROM_THE_MODEL[kind](outputs)
+
+    with pytest.raises(TypeError, match=r"outputs that do not depend on the model's parameters"):
+        optimizer.step(closure)
+    assert _unchanged(before, model)
+
+
+@pytest.mark.parametrize("owner", ["KFAC", "NaturalGradient"])
+def test_outputs_computed_from_the_model_outputs_are_accepted(owner):
+    """A reshape of the model's outputs (e.g. a sequence model's (N*T, C) logits) is fine."""
+    model, x, y = _classifier()
+    optimizer = _optimizer(owner, model)
+    before = _snapshot(model)
+
+    def closure():
+        outputs = model(x).reshape(8, 3)
+        return nn.functional.cross_entropy(outputs, y), outputs
+
+    optimizer.step(closure)
+    assert not _unchanged(before, model)

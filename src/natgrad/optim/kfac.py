@@ -50,7 +50,7 @@ from natgrad.curvature.kronecker import all_finite, ema_decay
 from natgrad.curvature.likelihoods import get_likelihood
 from natgrad.curvature.statistics import LayerFactors, StatisticsCollector, no_autocast
 from natgrad.distributed.coordinator import Coordinator, default_coordinator
-from natgrad.optim.closure import closure_result
+from natgrad.optim.closure import check_model_argument, closure_result
 from natgrad.optim.kfac_config import (
     DOUBLY_FACTORED_MIN_INPUTS,
     PLAIN_DEFAULTS,
@@ -152,6 +152,7 @@ class KFAC(torch.optim.Optimizer):
         sharing: str | Mapping[str, str] = _D["sharing"],
         doubly_factored: str | Sequence[str] | Mapping = _D["doubly_factored"],
     ) -> None:
+        check_model_argument(model, "KFAC")
         options = {name: value for name, value in locals().items() if name in _D or name == "lr"}
         check_options(options)
         self.likelihood = get_likelihood(likelihood)
@@ -279,7 +280,7 @@ class KFAC(torch.optim.Optimizer):
             p.grad = None
         stats_due = bool(self.layers) and self.steps % self.stat_every == 0
         loss, outputs, batch_inputs, batch_factors = self.statistics.forward_backward(
-            lambda: closure_result(closure, "KFAC"), stats_due
+            lambda: closure_result(closure, "KFAC", parameters=group["params"]), stats_due
         )
         self.steps += 1  # counted once the closure kept its contract
         with torch.no_grad(), no_autocast(loss):

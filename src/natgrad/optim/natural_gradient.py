@@ -61,7 +61,11 @@ from natgrad.curvature.output_space import (
     loss_output_curvature,
 )
 from natgrad.curvature.products import CurvatureOperator
-from natgrad.optim.closure import closure_result
+from natgrad.optim.closure import (
+    check_model_argument,
+    check_outputs_made_by,
+    closure_result,
+)
 from natgrad.optim.registry import (
     BuildContext,
     Hyperparameter,
@@ -183,6 +187,7 @@ class NaturalGradient(torch.optim.Optimizer):
         cg_max_iter: int = 100,
         seed: int = 0,
     ) -> None:
+        check_model_argument(model, "NaturalGradient")
         self.likelihood = get_likelihood(likelihood)
         _check_nonnegative("lr", lr)
         _check_nonnegative("damping", damping)
@@ -250,6 +255,7 @@ class NaturalGradient(torch.optim.Optimizer):
             loss, outputs = closure_result(closure, "NaturalGradient")
         if not store:
             raise RuntimeError("the closure did not call the model's forward")
+        check_outputs_made_by(outputs, self.param_groups[0]["params"], "NaturalGradient")
         return loss, outputs, store[0]
 
     def _output_curvature(
