@@ -119,3 +119,89 @@ def test_outputs_computed_from_the_model_outputs_are_accepted(owner):
 
     optimizer.step(closure)
     assert not _unchanged(before, model)
+
+
+# ---------------------------------------------------------------- damping 0 with eigen
+
+
+def _categorical_step(model, x, y, **options):
+    opt = natgrad.KFAC(
+        model,
+        lr=1.0,
+        momentum=0.0,
+        damping=0.0,
+        likelihood="categorical",
+        fisher="exact",
+        stat_decay=0.0,
+        **options,
+    )
+
+    def closure():
+        outputs = model(x)
+        return nn.functional.cross_entropy(outputs, y), outputs
+
+    before = _snapshot(model)
+    opt.step(closure)
+    return opt, [p.detach() - b for p, b in zip(model.parameters(), before, strict=True)]
+
+
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    want = want.detach()
+    return float((got.detach().double() - want).norm() / want.norm())
+
+
+def test_damping_zero_eigen_on_rank_deficient_factors_is_the_pseudo_inverse_step():
+    """4 examples, 10 inputs: A (11 x 11 with the bias) has rank 4 and G (the softmax
+    Hessian) has the null vector 1. With damping 0 the step is -G^+ V A^+ (float64 dense)."""
+    torch.manual_seed(0)
+    model = nn.Linear(10, 3)
+    x, y = torch.randn(4, 10), torch.tensor([0, 1, 2, 1])
+    _, (weight_step, bias_step) = _categorical_step(model, x, y, inverse="eigen")
+    step = torch.cat([weight_step, bias_step[:, None]], dim=1)
+    assert torch.isfinite(step).all()
+    # the reference, from the definitions A = E[a a^T], G = E[H_out], V = dL/d[W b]
+    a = torch.cat([x.double(), torch.ones(4, 1, dtype=torch.float64)], dim=1)
+    W = torch.cat(
+        [model.weight.double() - weight_step.double(), (model.bias - bias_step)[:, None]], 1
+    )
+    probs = torch.softmax(a @ W.T.double(), dim=1)
+    A = a.T @ a / 4
+    G = (torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]).mean(0)
+    V = (probs - nn.functional.one_hot(y, 3).double()).T @ a / 4
+    want = -torch.linalg.pinv(G) @ V @ torch.linalg.pinv(A)
+    assert _relative_error(step, want) < 1e-4
+
+
+def test_damping_zero_doubly_factored_eigen_step_is_the_pseudo_inverse_step():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(18, 3))
+    x, y = torch.randn(4, 2, 3, 3), torch.tensor([0, 1, 2, 1])
+    opt, (weight_step, bias_step) = _categorical_step(
+        model, x, y, inverse="eigen", doubly_factored=["1"]
+    )
+    assert torch.isfinite(weight_step).all() and torch.isfinite(bias_step).all()
+    factors = {
+        k: v.double() for k, v in opt.preconditioners[0].state_dict().items() if "." not in k
+    }
+    K, Psi, G = factors["K"], factors["Psi"], factors["G"]
+    linear = nn.Linear(18, 3).double()
+    with torch.no_grad():
+        linear.weight.copy_(model[1].weight - weight_step)
+        linear.bias.copy_(model[1].bias - bias_step)
+    loss = nn.functional.cross_entropy(linear(x.flatten(1).double()), y)
+    V_weight, V_bias = torch.autograd.grad(loss, [linear.weight, linear.bias])
+    # the factors were formed in float32: eigenvalues below 1e-5 of the largest are rounding
+    G_pinv, K_pinv, Psi_pinv = (
+        torch.linalg.pinv(F, rtol=1e-5, hermitian=True) for F in (G, K, Psi)
+    )
+    want_weight = -G_pinv @ V_weight @ torch.kron(K_pinv, Psi_pinv)
+    assert _relative_error(weight_step, want_weight) < 1e-4
+    assert _relative_error(bias_step, -G_pinv @ V_bias) < 1e-4
+
+
+def test_damping_zero_doubly_factored_cholesky_bias_is_finite():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(18, 3))
+    x, y = torch.randn(4, 2, 3, 3), torch.tensor([0, 1, 2, 1])
+    _, steps = _categorical_step(model, x, y, doubly_factored=["1"])
+    assert all(torch.isfinite(step).all() for step in steps)
