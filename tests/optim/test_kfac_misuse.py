@@ -205,3 +205,50 @@ def test_damping_zero_doubly_factored_cholesky_bias_is_finite():
     x, y = torch.randn(4, 2, 3, 3), torch.tensor([0, 1, 2, 1])
     _, steps = _categorical_step(model, x, y, doubly_factored=["1"])
     assert all(torch.isfinite(step).all() for step in steps)
+
+
+# ---------------------------------------------------------------- NaN example, sampled targets
+
+
+@pytest.mark.parametrize("likelihood", ["categorical", "bernoulli"])
+@pytest.mark.parametrize("stat_fraction", [1.0, 0.5])
+def test_nan_example_with_sampled_targets_skips_statistics_and_returns_a_nan_loss(
+    likelihood, stat_fraction
+):
+    model, x, y = _classifier()
+    x[1, 2] = float("nan")
+    targets = y if likelihood == "categorical" else torch.rand(8, 3).round()
+    opt = natgrad.KFAC(
+        model, lr=0.1, likelihood=likelihood, fisher="mc", stat_fraction=stat_fraction
+    )
+
+    def closure():
+        outputs = model(x)
+        return opt.likelihood.loss(outputs, targets), outputs
+
+    with pytest.warns(RuntimeWarning, match="non-finite curvature statistics skipped"):
+        loss = opt.step(closure)
+    assert not torch.isfinite(loss)
+    assert opt.skipped_statistics == 1 and opt.stat_updates == 0
+
+
+def test_training_run_with_a_nan_example_ends_diverged(tmp_path, monkeypatch):
+    """`natgrad train` with the kfac preset (sampled targets on 1/8 of the batch)."""
+    import dataclasses
+
+    from natgrad.train import RunConfig, train
+    from natgrad.train import runner as runner_module
+
+    workload = runner_module.get_workload("digits_mlp")
+
+    def poisoned_data(data_dir):
+        data = workload.load_data(data_dir)
+        data.train.inputs = data.train.inputs.clone()
+        data.train.inputs[:, 0] = float("nan")
+        return data
+
+    poisoned = dataclasses.replace(workload, load_data=poisoned_data)
+    monkeypatch.setattr(runner_module, "get_workload", lambda name: poisoned)
+    with pytest.warns(RuntimeWarning, match="non-finite curvature statistics skipped"):
+        result = train(RunConfig("digits_mlp", "kfac", steps=5), tmp_path / "run")
+    assert result.status == "diverged" and result.diverged_at_step == 1
