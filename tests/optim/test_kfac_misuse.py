@@ -252,3 +252,57 @@ def test_training_run_with_a_nan_example_ends_diverged(tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match="non-finite curvature statistics skipped"):
         result = train(RunConfig("digits_mlp", "kfac", steps=5), tmp_path / "run")
     assert result.status == "diverged" and result.diverged_at_step == 1
+
+
+# ---------------------------------------------------------------- torch.compile
+
+
+def _kfac_exact(model):
+    return natgrad.KFAC(model, lr=0.1, damping=0.1, fisher="exact", stat_decay=0.0)
+
+
+def test_a_compiled_model_is_refused_at_construction():
+    model, _, _ = _classifier()
+    with pytest.raises(ValueError, match=r"torch.compile'd module") as raised:
+        _kfac_exact(torch.compile(model, backend="aot_eager"))
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("how", ["torch.compile", "Module.compile"])
+def test_a_compiled_forward_in_the_closure_is_refused_before_any_update(how):
+    """aot_eager (like inductor) returns the hooks' recorded outputs as siblings of the
+    model output: the hidden layer would get no factors and a plain gradient step."""
+    model, x, y = _classifier()
+    opt = _kfac_exact(model)
+    if how == "torch.compile":
+        forward = torch.compile(model, backend="aot_eager")
+    else:
+        model.compile(backend="aot_eager")
+        forward = model
+    before = _snapshot(model)
+
+    def closure():
+        outputs = forward(x)
+        return nn.functional.cross_entropy(outputs, y), outputs
+
+    with pytest.raises(RuntimeError, match=r"layer 0 ran inside a torch.compile'd graph"):
+        opt.step(closure)
+    assert _unchanged(before, model)
+
+
+def test_the_eager_compile_backend_takes_the_uncompiled_step():
+    model, x, y = _classifier()
+    twin, _, _ = _classifier()
+    steps = []
+    for net, forward in ((model, model), (twin, torch.compile(twin, backend="eager"))):
+        opt = _kfac_exact(net)
+
+        def closure(forward=forward):
+            outputs = forward(x)
+            return nn.functional.cross_entropy(outputs, y), outputs
+
+        opt.step(closure)
+        assert all(p.has_factors for p in opt.preconditioners)
+        steps.append(_snapshot(net))
+    for got, want in zip(steps[1], steps[0], strict=True):
+        torch.testing.assert_close(got, want)

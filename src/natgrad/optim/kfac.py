@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from natgrad.curvature.capture import (
     TrackedLayer,
     buffers_restored,
+    is_compiled,
     plan_tracking,
     unwrap_model,
 )
@@ -153,6 +154,12 @@ class KFAC(torch.optim.Optimizer):
         doubly_factored: str | Sequence[str] | Mapping = _D["doubly_factored"],
     ) -> None:
         check_model_argument(model, "KFAC")
+        if is_compiled(model):
+            raise ValueError(
+                "model is a torch.compile'd module, whose compiled graph hides the layer "
+                "outputs K-FAC records; pass the uncompiled model and call it uncompiled in "
+                "the closure"
+            )
         options = {name: value for name, value in locals().items() if name in _D or name == "lr"}
         check_options(options)
         self.likelihood = get_likelihood(likelihood)
