@@ -306,3 +306,38 @@ def test_the_eager_compile_backend_takes_the_uncompiled_step():
         steps.append(_snapshot(net))
     for got, want in zip(steps[1], steps[0], strict=True):
         torch.testing.assert_close(got, want)
+
+
+# ---------------------------------------------------------------- float64 models
+
+
+def test_a_float64_model_gets_float32_factors_and_a_float32_accurate_step():
+    """The README's statement: factors are float32 also for float64 models, so one step
+    matches the damped step computed in float64 (gaussian likelihood: G = I) only to
+    float32 accuracy."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3).double()
+    inputs = torch.randn(50, 4, dtype=torch.float64) * torch.tensor([1.0, 10.0, 0.1, 3.0])
+    targets = inputs @ torch.randn(4, 3, dtype=torch.float64) + 1.0
+    damping = 1e-8
+    opt = natgrad.KFAC(
+        model, lr=1.0, momentum=0.0, damping=damping, likelihood="gaussian", fisher="exact"
+    )
+
+    def closure():
+        outputs = model(inputs)
+        return opt.likelihood.loss(outputs, targets), outputs
+
+    before = torch.cat([model.weight.detach(), model.bias.detach()[:, None]], dim=1)
+    opt.step(closure)
+    assert opt.preconditioners[0].A.dtype == torch.float32
+    assert model.weight.dtype == torch.float64
+    got = torch.cat([model.weight.detach(), model.bias.detach()[:, None]], dim=1) - before
+    # U = (G + gamma/pi I)^{-1} V (A + pi gamma I)^{-1} with G = I, in float64
+    design = torch.cat([inputs, torch.ones(50, 1, dtype=torch.float64)], dim=1)
+    A = design.T @ design / 50
+    V = (design @ before.T - targets).T @ design / 50
+    gamma, pi = damping**0.5, float((torch.trace(A) / 5) ** 0.5)
+    want = -V @ torch.linalg.inv(A + pi * gamma * torch.eye(5, dtype=torch.float64))
+    want = want / (1 + gamma / pi)
+    assert 1e-9 < _relative_error(got, want) < 1e-3  # 1.4e-6 when measured
