@@ -3,7 +3,7 @@
 Each likelihood maps network outputs ``f`` of shape (N, C) to a distribution over
 targets. The loss convention of natgrad is the batch mean of the per-example negative
 log-likelihood; the Fisher is E_x[J^T H_out J] with H_out the Hessian of the
-per-example negative log-likelihood with respect to the outputs (REFERENCES.md s.2).
+per-example negative log-likelihood with respect to the outputs (docs/REFERENCES.md s.2).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ One step solves the damped system with the exact curvature of the mini-batch los
 
 with C the exact, Monte Carlo or empirical Fisher (``curvature="fisher"``) or the
 Hessian (``curvature="hessian"``) of the closure's loss, lambda the damping, eta the
-weight decay and mu the momentum (REFERENCES.md s.2; Martens 2020). With lr = 1 and
+weight decay and mu the momentum (docs/REFERENCES.md s.2; Martens 2020). With lr = 1 and
 mu = 0 this is theta <- theta - (C + lambda I)^{-1} grad; for linear least squares with
 the gaussian likelihood and lambda -> 0 it reaches the solution in one step.
 

@@ -10,7 +10,7 @@ preconditioned by mode products with the three damped inverses:
 with three-factor damping F~ = F + pi_F lambda^(1/3) I, pi_F = t_F / (t_K t_Psi t_G)^(1/3)
 and t_F = tr(F) / dim(F), so that the three dampings multiply to lambda (here
 lambda = gamma^2 = damping + weight decay) and each is scaled to its factor, as the
-two-factor pi is (REFERENCES.md s.5). The bias column has the block 1 ⊗ G; it is
+two-factor pi is (docs/REFERENCES.md s.5). The bias column has the block 1 ⊗ G; it is
 preconditioned with the same G~^-1 and the scalar 1 + lambda / delta_G, whose damping
 completes G's to lambda.
 
