@@ -249,6 +249,7 @@ def test_training_run_with_a_nan_example_ends_diverged(tmp_path, monkeypatch):
 
     poisoned = dataclasses.replace(workload, load_data=poisoned_data)
     monkeypatch.setattr(runner_module, "get_workload", lambda name: poisoned)
+    monkeypatch.setattr(runner_module, "_DATA_CACHE", {})  # neither sees the others' data
     with pytest.warns(RuntimeWarning, match="non-finite curvature statistics skipped"):
         result = train(RunConfig("digits_mlp", "kfac", steps=5), tmp_path / "run")
     assert result.status == "diverged" and result.diverged_at_step == 1
