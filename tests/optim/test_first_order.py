@@ -1,6 +1,6 @@
 """Every first-order optimizer against a plain float64 transcription of its equations.
 
-The reference below is written from REFERENCES.md section 1 (Choi et al. 2019, Table 1),
+The reference below is written from docs/REFERENCES.md section 1 (Choi et al. 2019, Table 1),
 one scalar formula per line, independent of natgrad.optim.functional. One table of
 optimizer configurations runs on three problems: an ill-conditioned quadratic,
 Rosenbrock, and a small classifier.

@@ -22,6 +22,7 @@ the reason in :attr:`TrackingPlan.untracked`:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -115,6 +116,28 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     while hasattr(model, "module") and isinstance(model.module, nn.Module):
         model = model.module
     return model
+
+
+def is_compiled(model: nn.Module) -> bool:
+    """Whether ``model``, or a module it wraps (DistributedDataParallel), is the wrapper that
+    ``torch.compile`` returns. Without ``torch._dynamo`` loaded nothing can be compiled."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    compiled_type = getattr(eval_frame, "OptimizedModule", None)
+    while compiled_type is not None:
+        if isinstance(model, compiled_type):
+            return True
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return False
+        model = inner
+    return False
+
+
+def from_compiled_graph(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is an output of a graph compiled by AOTAutograd (torch.compile
+    with the aot_eager or inductor backends): the outputs of one compiled graph are siblings,
+    so none of them gets a gradient through another."""
+    return type(tensor.grad_fn).__name__.startswith("CompiledFunction")
 
 
 def _is_excluded(name: str, exclude: tuple[str, ...]) -> bool:
@@ -316,5 +339,7 @@ __all__ = [
     "plan_tracking",
     "find_tracked_layers",
     "unwrap_model",
+    "is_compiled",
+    "from_compiled_graph",
     "buffers_restored",
 ]

@@ -8,7 +8,7 @@ every matrix returned here refers to entry ``i`` of ``flatten_params(model)``.
 Loss convention: the loss is the batch mean of the per-example negative log-likelihood,
 L = (1/N) sum_n nll(f(x_n), y_n), and every matrix is the curvature of that loss, so the
 Fisher/GGN is F = (1/N) sum_n J_n^T H_n J_n with J_n = d f(x_n) / d theta and H_n the
-Hessian of nll with respect to the outputs (REFERENCES.md s.2). The matrices are built
+Hessian of nll with respect to the outputs (docs/REFERENCES.md s.2). The matrices are built
 with ``torch.func``; memory grows as N * C * P for the Jacobian and P^2 for the result,
 so these are meant for models of up to about 20k parameters.
 """
@@ -119,7 +119,7 @@ def dense_ggn(model: nn.Module, inputs: ModelInputs, likelihood: str | Likelihoo
     """Generalized Gauss-Newton matrix G = (1/N) sum_n J_n^T H_n J_n, shape (P, P).
 
     H_n is the likelihood's output Hessian at f(x_n); for the categorical, gaussian and
-    bernoulli likelihoods it does not depend on the targets (REFERENCES.md s.2).
+    bernoulli likelihoods it does not depend on the targets (docs/REFERENCES.md s.2).
     """
     likelihood = get_likelihood(likelihood)
     jacobian = output_jacobian(model, inputs)

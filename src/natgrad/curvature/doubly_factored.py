@@ -10,7 +10,7 @@ singular triple; then
     A ≈ E[k k^T] ⊗ E[psi psi^T] = K ⊗ Psi,
 
 so the layer's curvature is three small factors K (channels), Psi (locations) and G
-(outputs) (REFERENCES.md s.5). The flattened input index is channel-major
+(outputs) (docs/REFERENCES.md s.5). The flattened input index is channel-major
 (c * locations + l), as nn.Flatten and im2col order it. The bias (the last column of
 the gradient matrix) is kept as its own block 1 ⊗ G: E[1 * 1] = 1, the cross terms
 between weight and bias are dropped.

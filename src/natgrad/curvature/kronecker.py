@@ -2,7 +2,7 @@
 
 For a layer s = W a_bar, the Fisher block is approximated by A ⊗ G with
 A = E[a_bar a_bar^T] and G = E[g g^T], g = d(-log p(y | x)) / d s per example
-(Martens & Grosse 2015; REFERENCES.md s.3). Which targets y define g is the
+(Martens & Grosse 2015; docs/REFERENCES.md s.3). Which targets y define g is the
 ``fisher`` kind:
 
 - "mc": y sampled from the model's predictive distribution (an unbiased estimate of
@@ -68,7 +68,7 @@ def exact_output_gradients(
     """Backpropagate every column k of S (S S^T = H_out): one gradient per column and layer.
 
     sum_k g_k g_k^T = J^T S S^T J = J^T H_out J per example, the exact Fisher of the
-    layer output (REFERENCES.md s.2).
+    layer output (docs/REFERENCES.md s.2).
     """
     sqrt_hessian = likelihood.output_hessian_sqrt(outputs.detach().float())  # (N, C, K)
     per_output: list[list[Tensor | None]] = [[] for _ in layer_outputs]
@@ -115,7 +115,7 @@ def layer_batch_factors(
     locations, repeated calls), Eschenhagen et al. (2023):
 
     - "expand": A = sum_{n,r} a_bar a_bar^T / (N R), G = sum_{n,r} g g^T / N;
-      for convolutions this is the KFC scaling (REFERENCES.md s.4);
+      for convolutions this is the KFC scaling (docs/REFERENCES.md s.4);
     - "reduce": a~_n = mean_r a_bar_{n,r}, g~_n = sum_r g_{n,r};
       A = sum_n a~ a~^T / N, G = sum_n g~ g~^T / N.
 

@@ -3,7 +3,7 @@
 Each likelihood maps network outputs ``f`` of shape (N, C) to a distribution over
 targets. The loss convention of natgrad is the batch mean of the per-example negative
 log-likelihood; the Fisher is E_x[J^T H_out J] with H_out the Hessian of the
-per-example negative log-likelihood with respect to the outputs (REFERENCES.md s.2).
+per-example negative log-likelihood with respect to the outputs (docs/REFERENCES.md s.2).
 """
 
 from __future__ import annotations
@@ -30,7 +30,12 @@ class Likelihood:
         return self.nll(outputs, targets).mean()
 
     def sample(self, outputs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Targets drawn from p(y | outputs), one per example (no gradient)."""
+        """Targets drawn from p(y | outputs), one per example (no gradient).
+
+        An example whose outputs are not finite (a diverged model, a NaN input) gets a
+        target from a fixed distribution instead of an error: its gradients are not finite
+        either, so the statistics of that step are skipped (with a warning) downstream.
+        """
         raise NotImplementedError
 
     def output_hessian(self, outputs: Tensor) -> Tensor:
@@ -53,6 +58,7 @@ class Categorical(Likelihood):
 
     def sample(self, outputs: Tensor, generator: torch.Generator | None = None) -> Tensor:
         probs = torch.softmax(outputs.detach().float(), dim=-1)
+        probs = torch.nan_to_num(probs, nan=1.0)  # a non-finite row: uniform
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
     def output_hessian(self, outputs: Tensor) -> Tensor:
@@ -101,7 +107,7 @@ class Bernoulli(Likelihood):
         return per_unit.flatten(1).sum(dim=1)
 
     def sample(self, outputs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        probs = torch.sigmoid(outputs.detach())
+        probs = torch.nan_to_num(torch.sigmoid(outputs.detach()), nan=0.5)
         return torch.bernoulli(probs, generator=generator)
 
     def output_hessian(self, outputs: Tensor) -> Tensor:

@@ -2,7 +2,7 @@
 
 Every curvature matrix of natgrad has the form C = J^T M J (+ a second-order term for
 the Hessian), with J = d outputs / d theta of shape (N*C, P) and M block-diagonal over
-examples, one (C, C) block per example (REFERENCES.md s.2):
+examples, one (C, C) block per example (docs/REFERENCES.md s.2):
 - exact Fisher / GGN: M_n = H_n / N, H_n the likelihood's output Hessian;
 - Monte Carlo Fisher: M_n = (1/(N S)) sum_s r_ns r_ns^T, r_ns = d nll(f_n, y_s) / d f_n
   with y_s drawn from the model;

@@ -4,7 +4,7 @@ The products use no (P, P) matrix, so they work on large models. They follow the
 parameter ordering and loss convention of ``natgrad.curvature.dense`` (mean of the
 per-example NLL) and equal the dense matrices there times the vector:
 - GGN/Fisher: u = J v by ``torch.func.jvp``, then J^T (M u) by ``torch.func.vjp``,
-  with M the output-space curvature (REFERENCES.md s.2);
+  with M the output-space curvature (docs/REFERENCES.md s.2);
 - Hessian: forward-over-reverse, ``jvp`` of ``grad`` (Pearlmutter's R-operator).
 Vectors are lists of tensors shaped like the trainable parameters.
 """

@@ -26,6 +26,7 @@ from natgrad.curvature.capture import (
     CurvatureCapture,
     TrackedLayer,
     buffers_restored,
+    from_compiled_graph,
     unwrap_model,
 )
 from natgrad.curvature.kronecker import KroneckerFactors, layer_batch_factors, output_gradients
@@ -93,6 +94,8 @@ class StatisticsCollector:
                     if due:
                         sub_batch = slice_batch(batch_inputs, outputs.shape[0], count)
                         factors = self._from_sub_batch(sub_batch)
+                if factors is not None:
+                    _refuse_compiled_calls(self.layers, factors)
         finally:
             self.capture.clear()
         return loss, outputs, batch_inputs, factors
@@ -145,6 +148,19 @@ class StatisticsCollector:
                 self.fisher, self.likelihood, sub_outputs, self._call_outputs(), self.generator
             )
         return self._factors(call_grads, sub_outputs.shape[0], None)
+
+
+def _refuse_compiled_calls(layers: list[TrackedLayer], factors: LayerFactors) -> None:
+    """RuntimeError for a layer whose calls were recorded inside a torch.compile'd graph and
+    so received no output gradient while its weight got one (no silent first-order step)."""
+    for layer, layer_factors in zip(layers, factors, strict=True):
+        compiled = any(from_compiled_graph(call.layer_output) for call in layer.calls)
+        if layer_factors is None and compiled and layer.weight.grad is not None:
+            raise RuntimeError(
+                f"K-FAC: layer {layer.name} ran inside a torch.compile'd graph, where its "
+                "outputs get no gradient of their own, so it would get no curvature; call the "
+                "model uncompiled in the closure (or compile it with backend='eager')"
+            )
 
 
 def _backward_with_output_grads(loss: Tensor, call_outputs: list[Tensor]) -> list[Tensor | None]:

@@ -1,32 +1,58 @@
 """The closure contract of the second-order optimizers, checked in one place.
 
 ``closure()`` takes no arguments, runs ``outputs = model(x)``, computes the batch-mean
-negative log-likelihood ``loss`` from them and returns ``(loss, outputs)``.
+negative log-likelihood ``loss`` from them and returns ``(loss, outputs)``. The outputs
+may be reshaped or sliced, but must be computed from the model's parameters: a tensor
+made elsewhere (a fresh tensor, a detached copy) is refused, because the curvature
+would describe it rather than the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 CONTRACT = "return (loss, outputs) with outputs = model(x) and loss a scalar tensor"
 
 
+def check_model_argument(model: Any, owner: str) -> None:
+    """TypeError unless ``model`` is an nn.Module (a second-order optimizer needs the model
+    itself, not its parameters)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"{owner} takes the model (an nn.Module), not {_describe(model)}: "
+            f"{owner}(model, lr=...), not {owner}(model.parameters(), ...)"
+        )
+
+
 def closure_result(
-    closure: Callable[[], Any], owner: str, needs_grad: bool = True
+    closure: Callable[[], Any],
+    owner: str,
+    needs_grad: bool = True,
+    parameters: Iterable[Tensor] = (),
 ) -> tuple[Tensor, Tensor]:
     """Call ``closure`` and return its (loss, outputs), or raise TypeError stating the contract.
 
-    ``needs_grad=False`` for evaluations the optimizer itself runs under ``torch.no_grad``.
+    ``needs_grad=False`` for evaluations the optimizer itself runs under ``torch.no_grad``;
+    with ``parameters`` (the model's trainable ones) the outputs must depend on one of them.
     """
     result = closure()
     problem = _contract_problem(result, needs_grad)
     if problem is not None:
         raise TypeError(f"{owner}.step: the closure {problem}; it must {CONTRACT}")
     loss, outputs = result
+    if needs_grad and parameters:
+        check_outputs_made_by(outputs, parameters, owner)
     return loss, outputs
+
+
+def check_outputs_made_by(outputs: Tensor, parameters: Iterable[Tensor], owner: str) -> None:
+    """TypeError stating the contract unless ``outputs`` depend on one of ``parameters``."""
+    problem = _outputs_problem(outputs, parameters)
+    if problem is not None:
+        raise TypeError(f"{owner}.step: the closure {problem}; it must {CONTRACT}")
 
 
 def _contract_problem(result: Any, needs_grad: bool) -> str | None:
@@ -50,6 +76,26 @@ def _contract_problem(result: Any, needs_grad: bool) -> str | None:
     return None
 
 
+def _outputs_problem(outputs: Tensor, parameters: Iterable[Tensor]) -> str | None:
+    """Why ``outputs`` were not computed from ``parameters`` (None if they were).
+
+    Walks the autograd graph from ``outputs`` to the first parameter it reaches (on the CPU,
+    no device sync; a model's last layer is usually found within a few nodes).
+    """
+    wanted = {id(p) for p in parameters}
+    stack, seen = [outputs.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None and id(variable) in wanted:
+            return None
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return "returned outputs that do not depend on the model's parameters (not made by the model)"
+
+
 def _describe(value: Any) -> str:
     if value is None:
         return "None"
@@ -58,4 +104,4 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-__all__ = ["CONTRACT", "closure_result"]
+__all__ = ["CONTRACT", "check_model_argument", "check_outputs_made_by", "closure_result"]

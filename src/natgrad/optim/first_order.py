@@ -2,7 +2,7 @@
 
 SGD, Momentum, Nesterov, RMSProp, Adam and NAdam as ``torch.optim.Optimizer`` subclasses
 (param groups, LR schedulers and ``state_dict`` work as usual). The update rules live in
-``natgrad.optim.functional``; REFERENCES.md section 1 lists them. They differ from
+``natgrad.optim.functional``; docs/REFERENCES.md section 1 lists them. They differ from
 ``torch.optim`` where the paper does: RMSProp starts ``v`` at 1 and keeps the learning
 rate inside its momentum buffer, and Adam/NAdam add ``eps`` before the bias correction.
 These forms make the inclusions SGD ⊆ Momentum ⊆ RMSProp, Momentum ⊆ Adam and

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from natgrad.curvature.capture import (
     TrackedLayer,
     buffers_restored,
+    is_compiled,
     plan_tracking,
     unwrap_model,
 )
@@ -50,7 +51,7 @@ from natgrad.curvature.kronecker import all_finite, ema_decay
 from natgrad.curvature.likelihoods import get_likelihood
 from natgrad.curvature.statistics import LayerFactors, StatisticsCollector, no_autocast
 from natgrad.distributed.coordinator import Coordinator, default_coordinator
-from natgrad.optim.closure import closure_result
+from natgrad.optim.closure import check_model_argument, closure_result
 from natgrad.optim.kfac_config import (
     DOUBLY_FACTORED_MIN_INPUTS,
     PLAIN_DEFAULTS,
@@ -152,6 +153,13 @@ class KFAC(torch.optim.Optimizer):
         sharing: str | Mapping[str, str] = _D["sharing"],
         doubly_factored: str | Sequence[str] | Mapping = _D["doubly_factored"],
     ) -> None:
+        check_model_argument(model, "KFAC")
+        if is_compiled(model):
+            raise ValueError(
+                "model is a torch.compile'd module, whose compiled graph hides the layer "
+                "outputs K-FAC records; pass the uncompiled model and call it uncompiled in "
+                "the closure"
+            )
         options = {name: value for name, value in locals().items() if name in _D or name == "lr"}
         check_options(options)
         self.likelihood = get_likelihood(likelihood)
@@ -167,6 +175,7 @@ class KFAC(torch.optim.Optimizer):
         params = [p for p in unwrap_model(model).parameters() if p.requires_grad]
         defaults = dict(lr=lr, momentum=momentum, damping=damping, weight_decay=weight_decay)
         super().__init__(params, defaults)
+        self._groups_fixed = True
         self.preconditioners: list[LayerPreconditioner] = [
             KroneckerPreconditioner(inverse) for _ in self.layers
         ]  # a layer whose statistics come doubly factored gets that kind on its first update
@@ -212,6 +221,18 @@ class KFAC(torch.optim.Optimizer):
             if any(member is module for member in layer.modules):
                 return preconditioner
         raise ValueError(f"{type(module).__name__} is not a module of a tracked layer")
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Only at construction: K-FAC moves the model's trainable parameters as one group
+        (its layers, factors and checkpoints are planned from the model)."""
+        if getattr(self, "_groups_fixed", False):
+            raise ValueError(
+                "KFAC does not support add_param_group: it optimizes the model it was built "
+                "with as one parameter group; change param_groups[0]['lr'|'momentum'|"
+                "'damping'|'weight_decay'] or build a new KFAC (exclude= leaves modules to "
+                "the fallback)"
+            )
+        super().add_param_group(param_group)
 
     # ------------------------------------------------------------ construction
 
@@ -266,7 +287,7 @@ class KFAC(torch.optim.Optimizer):
             p.grad = None
         stats_due = bool(self.layers) and self.steps % self.stat_every == 0
         loss, outputs, batch_inputs, batch_factors = self.statistics.forward_backward(
-            lambda: closure_result(closure, "KFAC"), stats_due
+            lambda: closure_result(closure, "KFAC", parameters=group["params"]), stats_due
         )
         self.steps += 1  # counted once the closure kept its contract
         with torch.no_grad(), no_autocast(loss):

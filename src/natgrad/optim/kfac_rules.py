@@ -86,7 +86,7 @@ class FixedStepRule:
 
 @dataclass
 class QuadraticModelStepRule:
-    """d = alpha Delta + mu delta0 minimizing M(d) (REFERENCES.md s.3); also M(d) - M(0)."""
+    """d = alpha Delta + mu delta0 minimizing M(d) (docs/REFERENCES.md s.3); also M(d) - M(0)."""
 
     model: QuadraticModel
 

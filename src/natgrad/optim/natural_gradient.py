@@ -7,7 +7,7 @@ One step solves the damped system with the exact curvature of the mini-batch los
 
 with C the exact, Monte Carlo or empirical Fisher (``curvature="fisher"``) or the
 Hessian (``curvature="hessian"``) of the closure's loss, lambda the damping, eta the
-weight decay and mu the momentum (REFERENCES.md s.2; Martens 2020). With lr = 1 and
+weight decay and mu the momentum (docs/REFERENCES.md s.2; Martens 2020). With lr = 1 and
 mu = 0 this is theta <- theta - (C + lambda I)^{-1} grad; for linear least squares with
 the gaussian likelihood and lambda -> 0 it reaches the solution in one step.
 
@@ -61,7 +61,11 @@ from natgrad.curvature.output_space import (
     loss_output_curvature,
 )
 from natgrad.curvature.products import CurvatureOperator
-from natgrad.optim.closure import closure_result
+from natgrad.optim.closure import (
+    check_model_argument,
+    check_outputs_made_by,
+    closure_result,
+)
 from natgrad.optim.registry import (
     BuildContext,
     Hyperparameter,
@@ -183,6 +187,7 @@ class NaturalGradient(torch.optim.Optimizer):
         cg_max_iter: int = 100,
         seed: int = 0,
     ) -> None:
+        check_model_argument(model, "NaturalGradient")
         self.likelihood = get_likelihood(likelihood)
         _check_nonnegative("lr", lr)
         _check_nonnegative("damping", damping)
@@ -209,12 +214,24 @@ class NaturalGradient(torch.optim.Optimizer):
             cg_max_iter=cg_max_iter,
         )
         super().__init__(params, defaults)
+        self._groups_fixed = True
         self.model = model
         self.fisher = fisher
         self.curvature = curvature
         self.solver = solver
         self.generator = torch.Generator(device=params[0].device).manual_seed(seed)
         self.last_cg_iterations = 0
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Only at construction: the step solves for all the model's trainable parameters
+        at once, as one group."""
+        if getattr(self, "_groups_fixed", False):
+            raise ValueError(
+                "NaturalGradient does not support add_param_group: it optimizes the model it "
+                "was built with as one parameter group; change param_groups[0]['lr'|"
+                "'damping'|'momentum'|'weight_decay'] or build a new NaturalGradient"
+            )
+        super().add_param_group(param_group)
 
     @contextmanager
     def _capturing_inputs(self, store: list):
@@ -238,6 +255,7 @@ class NaturalGradient(torch.optim.Optimizer):
             loss, outputs = closure_result(closure, "NaturalGradient")
         if not store:
             raise RuntimeError("the closure did not call the model's forward")
+        check_outputs_made_by(outputs, self.param_groups[0]["params"], "NaturalGradient")
         return loss, outputs, store[0]
 
     def _output_curvature(

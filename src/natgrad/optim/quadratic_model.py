@@ -1,7 +1,7 @@
 """The local quadratic model of K-FAC's step rules, with exact Fisher (GGN) products.
 
 M(d) = 1/2 d^T (F + (lambda + eta) I) d + grad^T d (Martens & Grosse 2015, s.6.4, s.7;
-REFERENCES.md s.3). Directions d are combinations of a few candidate directions u_i
+docs/REFERENCES.md s.3). Directions d are combinations of a few candidate directions u_i
 (the proposal Delta, the previous update delta0), so the model needs only the Gram
 matrices [u_i^T F u_j], [u_i^T u_j] and the dots [grad^T u_i]. u^T F v = <J u, M J v>
 with M the output-space Fisher of the mean loss on the model's examples: forward-mode

@@ -1,7 +1,7 @@
 """Step rules of K-FAC: quadratic-model alpha/mu, Levenberg-Marquardt damping, KL clipping.
 
 These are small pure functions on scalars (0-d tensors where they come from the
-device, so that the plain path needs no host sync). REFERENCES.md s.3 gives the
+device, so that the plain path needs no host sync). docs/REFERENCES.md s.3 gives the
 equations; Martens & Grosse (2015) s.6.4 and s.7, Ba et al. (2017) s.5 the sources.
 """
 

@@ -3,7 +3,7 @@
 (A ⊗ G + gamma^2 I) is approximated by (A + pi gamma I) ⊗ (G + gamma / pi I) with
 gamma = sqrt(lambda + eta) (damping plus weight decay) and
 pi = sqrt((tr(A) / dim(A)) / (tr(G) / dim(G))), the trace-norm choice of pi that
-minimizes the norm of the cross terms' error bound (REFERENCES.md s.3).
+minimizes the norm of the cross terms' error bound (docs/REFERENCES.md s.3).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ preconditioned by mode products with the three damped inverses:
 with three-factor damping F~ = F + pi_F lambda^(1/3) I, pi_F = t_F / (t_K t_Psi t_G)^(1/3)
 and t_F = tr(F) / dim(F), so that the three dampings multiply to lambda (here
 lambda = gamma^2 = damping + weight decay) and each is scaled to its factor, as the
-two-factor pi is (REFERENCES.md s.5). The bias column has the block 1 ⊗ G; it is
+two-factor pi is (docs/REFERENCES.md s.5). The bias column has the block 1 ⊗ G; it is
 preconditioned with the same G~^-1 and the scalar 1 + lambda / delta_G, whose damping
 completes G's to lambda.
 
@@ -28,7 +28,7 @@ from torch import Tensor
 from natgrad.curvature.doubly_factored import DoublyFactoredFactors
 from natgrad.precondition.base import LayerPreconditionerBase
 from natgrad.precondition.damping import add_to_diagonal
-from natgrad.precondition.inverse import symmetric_eigen, symmetric_inverse
+from natgrad.precondition.inverse import damped_inverse, symmetric_eigen, symmetric_inverse
 
 FACTOR_NAMES = ("K", "Psi", "G")
 _TINY_TRACE = 1e-12
@@ -40,6 +40,14 @@ def three_factor_dampings(traces: list[Tensor], dims: list[int], total: float) -
     geometric = torch.stack(means).log().mean().exp()
     root = total ** (1.0 / 3.0)
     return [mean / geometric * root for mean in means]
+
+
+def bias_damping_scale(gamma: float, damping_G: Tensor) -> Tensor:
+    """1 / (1 + lambda / delta_G), lambda = gamma^2: the bias block's damping beyond G's
+    (1 when lambda = 0, where delta_G = 0 too)."""
+    if not gamma:
+        return torch.ones_like(damping_G)
+    return 1.0 / (1.0 + gamma**2 / damping_G)
 
 
 def mode_products(K: Tensor, Psi: Tensor, G: Tensor, weight: Tensor) -> Tensor:
@@ -97,7 +105,7 @@ class DoublyFactoredPreconditioner(LayerPreconditionerBase):
             name + "_inv": symmetric_inverse(add_to_diagonal(matrix, damping))
             for name, matrix, damping in zip(FACTOR_NAMES, matrices, dampings, strict=True)
         }
-        decomposition["bias_scale"] = 1.0 / (1.0 + gamma**2 / dampings[2])
+        decomposition["bias_scale"] = bias_damping_scale(gamma, dampings[2])
         return decomposition
 
     def apply(self, V: Tensor, gamma: float) -> Tensor:
@@ -128,13 +136,15 @@ class DoublyFactoredPreconditioner(LayerPreconditionerBase):
         )
         Q_K, Q_Psi, Q_G = vectors
         rotated = mode_products(Q_K.T, Q_Psi.T, Q_G.T, weight)  # into the eigenbases
-        d_K, d_Psi, d_G = (v + damping for v, damping in zip(values, dampings, strict=True))
-        rotated = rotated / (d_G[:, None, None] * d_K[None, :, None] * d_Psi[None, None, :])
+        inv_K, inv_Psi, inv_G = (
+            damped_inverse(v, damping) for v, damping in zip(values, dampings, strict=True)
+        )
+        rotated = rotated * (inv_G[:, None, None] * inv_K[None, :, None] * inv_Psi[None, None, :])
         weight_update = mode_products(Q_K, Q_Psi, Q_G, rotated)
         bias_update = None
         if has_bias:
-            scale = 1.0 / (1.0 + gamma**2 / dampings[2])
-            bias_update = Q_G @ ((Q_G.T @ V[:, -1]) / d_G) * scale
+            scale = bias_damping_scale(gamma, dampings[2])
+            bias_update = Q_G @ ((Q_G.T @ V[:, -1]) * inv_G) * scale
         return weight_update, bias_update
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -149,4 +159,9 @@ class DoublyFactoredPreconditioner(LayerPreconditionerBase):
         self.load_decomposition(state)
 
 
-__all__ = ["DoublyFactoredPreconditioner", "three_factor_dampings", "mode_products"]
+__all__ = [
+    "DoublyFactoredPreconditioner",
+    "three_factor_dampings",
+    "bias_damping_scale",
+    "mode_products",
+]

@@ -15,7 +15,11 @@ store them in its state and a distributed inverter can ship them:
   can change every step without a new decomposition.
 
 Decompositions run in float32; on failure they are retried in float64, then with a
-diagonal floor raised tenfold each time (relative to the mean diagonal).
+diagonal floor raised tenfold each time (relative to the mean diagonal). The "eigen"
+path inverts each damped eigenvalue d + delta as the pseudo-inverse does: 0 where it is
+at most dim * eps_float32 * its largest value (no curvature that float32 can resolve;
+with damping 0 and a rank-deficient factor, instead of dividing by 0), so that
+U = G^+ V A^+ is the minimum-norm step there, as NaturalGradient's dense solver gives.
 """
 
 from __future__ import annotations
@@ -107,13 +111,23 @@ def eigen_decompose(A: Tensor, G: Tensor, gamma: float) -> dict[str, Tensor]:
     }
 
 
+def damped_inverse(eigenvalues: Tensor, damping: Tensor | float) -> Tensor:
+    """1 / (d + damping) per eigenvalue d, and 0 (the pseudo-inverse) where d + damping is at
+    most dim * eps_float32 times the largest damped eigenvalue (so never 1 / 0)."""
+    damped = eigenvalues + damping
+    cutoff = damped.shape[0] * torch.finfo(torch.float32).eps * damped.max().clamp_min(0.0)
+    keep = damped > cutoff
+    return torch.where(keep, 1.0 / torch.where(keep, damped, 1.0), 0.0)
+
+
 def eigen_precondition(decomposition: dict[str, Tensor], V: Tensor, gamma: float) -> Tensor:
-    """Q_G [(Q_G^T V Q_A) / ((d_G + gamma/pi)(d_A + pi gamma)^T)] Q_A^T with the current gamma."""
+    """Q_G [(Q_G^T V Q_A) / ((d_G + gamma/pi)(d_A + pi gamma)^T)] Q_A^T with the current gamma
+    (a damped eigenvalue that float32 cannot tell from 0 is inverted as 0: ``damped_inverse``)."""
     d_A, Q_A = decomposition["A_eigvals"], decomposition["A_eigvecs"]
     d_G, Q_G = decomposition["G_eigvals"], decomposition["G_eigvecs"]
     pi = trace_norm_pi(d_A.sum(), d_A.shape[0], d_G.sum(), d_G.shape[0])
     rotated = Q_G.T @ V.to(torch.float32) @ Q_A
-    rotated.div_(torch.outer(d_G + gamma / pi, d_A + pi * gamma))
+    rotated.mul_(torch.outer(damped_inverse(d_G, gamma / pi), damped_inverse(d_A, pi * gamma)))
     return Q_G @ rotated @ Q_A.T
 
 
@@ -145,6 +159,7 @@ __all__ = [
     "precondition",
     "symmetric_inverse",
     "symmetric_eigen",
+    "damped_inverse",
     "cholesky_decompose",
     "cholesky_precondition",
     "eigen_decompose",

@@ -5,7 +5,7 @@ per-position vectors ``a_bar`` of the activation factor (shape (N, R, in[+1]): N
 examples, R positions that share the weight, e.g. sequence positions or convolution
 locations), how the gradient with respect to the layer output becomes per-position
 vectors ``g`` of the gradient factor (N, R, out), and how the layer's parameter gradients map
-to the matrix ``V`` (out x in[+1], bias as the last column, REFERENCES.md s.3) and
+to the matrix ``V`` (out x in[+1], bias as the last column, docs/REFERENCES.md s.3) and
 back. Supporting a new layer type means adding one module here that calls
 :func:`register_layer_handler`.
 """

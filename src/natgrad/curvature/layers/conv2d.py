@@ -4,7 +4,7 @@ a_bar_t is the im2col patch at output location t (C_in * kh * kw, +1 for a bias)
 taken with torch.nn.functional.unfold so that its ordering matches
 ``weight.reshape(out, -1)``; g_t is the gradient at that location. With
 A = sum_{n,t} a_bar a_bar^T / (N |T|) and G = sum_{n,t} g g^T / N, the product
-A ⊗ G equals the KFC block |T| * Omega ⊗ Gamma (REFERENCES.md s.4).
+A ⊗ G equals the KFC block |T| * Omega ⊗ Gamma (docs/REFERENCES.md s.4).
 """
 
 from __future__ import annotations
