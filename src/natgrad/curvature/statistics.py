@@ -62,6 +62,7 @@ class StatisticsCollector:
     fisher: str
     fraction: float
     generator: torch.Generator
+    per_example: bool = False  # keep each layer's per-example pieces (ExamplePieces)
     capture: CurvatureCapture = field(init=False)
 
     def __post_init__(self) -> None:

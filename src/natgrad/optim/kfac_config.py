@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from natgrad.curvature.capture import SHARING_MODES
 from natgrad.curvature.kronecker import FISHER_KINDS
 from natgrad.precondition.inverse import INVERSE_METHODS
+from natgrad.precondition.kinds import approximation_names, check_approximation
 
 # The plain algorithm (Martens & Grosse 2015 without its refinements); lr has no default.
 PLAIN_DEFAULTS: dict[str, object] = {
@@ -32,6 +33,7 @@ PLAIN_DEFAULTS: dict[str, object] = {
     "kl_clip": None,
     "sharing": "expand",
     "doubly_factored": "off",
+    "approximation": "kronecker",
 }
 
 # "auto" doubly factors a layer whose weight sees at least this many input features
@@ -58,6 +60,7 @@ OPTION_HELP: dict[str, str] = {
     "sharing": "weight sharing (sequence positions, repeated calls): expand | reduce",
     "doubly_factored": "three-factor layers (Ba et al. 2017): off | auto (inputs >= "
     f"{DOUBLY_FACTORED_MIN_INPUTS} from a channels x locations map) | comma-separated layer names",
+    "approximation": "curvature approximation of each layer: " + " | ".join(approximation_names()),
 }
 
 # Statistics every 2 steps on 1/8 of the batch, inverses every 20 steps, KL-clipped
@@ -130,6 +133,7 @@ def check_options(options: Mapping[str, object]) -> None:
         raise ValueError(f"kl_clip must be None or a finite number > 0, got {kl_clip!r}")
     check_sharing(options["sharing"])
     check_doubly_factored(options["doubly_factored"])
+    check_approximation(options["approximation"])
 
 
 def check_doubly_factored(value) -> None:
