@@ -56,7 +56,6 @@ from natgrad.optim.kfac_config import (
     check_options,
     preset_options,
 )
-from natgrad.optim.layer_curvature import LayerCurvature
 from natgrad.optim.kfac_rules import (
     DampingConfig,
     FixedStepRule,
@@ -65,6 +64,7 @@ from natgrad.optim.kfac_rules import (
     StepInputs,
     penalty_change,
 )
+from natgrad.optim.layer_curvature import LayerCurvature
 from natgrad.optim.quadratic_model import QuadraticModel
 from natgrad.precondition.choice import LayerPreconditioner
 from natgrad.precondition.damping import damping_gamma

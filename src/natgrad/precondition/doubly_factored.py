@@ -145,7 +145,7 @@ class DoublyFactoredPreconditioner(LayerPreconditionerBase):
         return weight_update, bias_update
 
     def _damped_matrices(self, gamma: float) -> tuple[list[Tensor], Tensor]:
-        """The installed damped K~, Psi~, G~ (float64) and the bias block's scale 1/(1 + lambda/delta_G)."""
+        """The installed damped K~, Psi~, G~ (float64) and the bias scale 1/(1 + lambda/delta_G)."""
         d = self.decomposition
         if self.method == "cholesky":
             damped = [torch.linalg.inv(d[name + "_inv"].double()) for name in FACTOR_NAMES]
