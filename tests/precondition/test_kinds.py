@@ -175,9 +175,20 @@ def doubly_factored_reference(p: Pieces, gamma: float) -> Tensor:
     return dense.reshape(out * (inputs + 1), -1)
 
 
+def ekfac_reference(p: Pieces, gamma: float) -> Tensor:
+    """(U_G ⊗ U_A) diag(vec(S) + lambda) (U_G ⊗ U_A)^T with S_ij = E_n[(U_G^T G_n U_A)_ij^2]
+    and U_A, U_G the eigenvectors of A and G (George et al. 2018, eq. 9-10)."""
+    A, G = _kronecker_factors(p)
+    U_A, U_G = torch.linalg.eigh(A)[1], torch.linalg.eigh(G)[1]
+    S = ((U_G.T @ p.grads @ U_A) ** 2).mean(dim=0)
+    U = torch.kron(U_G, U_A)
+    return U @ torch.diag(S.reshape(-1) + gamma**2) @ U.T
+
+
 REFERENCES = {
     "kronecker": (kronecker_reference, KRONECKER_PATTERNS, ("cholesky", "eigen")),
     "doubly_factored": (doubly_factored_reference, DOUBLY_PATTERNS, ("cholesky", "eigen")),
+    "ekfac": (ekfac_reference, KRONECKER_PATTERNS, ("eigen",)),
 }
 
 

@@ -114,7 +114,7 @@ class StatisticsCollector:
             return []
         with torch.no_grad(), no_autocast(self._reference()):
             return [
-                layer_batch_factors(layer, grads, num_examples, count)
+                layer_batch_factors(layer, grads, num_examples, count, self.per_example)
                 for layer, grads in zip(self.layers, self._per_layer(call_grads), strict=True)
             ]
 

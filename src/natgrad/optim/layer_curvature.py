@@ -130,6 +130,11 @@ class LayerCurvature:
 
     def refresh(self, coordinator, gamma: float, force: bool) -> None:
         """Refresh every layer's decomposition when ``force``d, or when none exists yet."""
+        if coordinator.distributed and self.kind.NEEDS_EXAMPLES:
+            raise ValueError(
+                f"approximation {self.approximation!r} runs on one process only (its "
+                "per-example statistics are not averaged over ranks)"
+            )
         coordinator.refresh_inverses(self.preconditioners, gamma, force)
 
     # ------------------------------------------------------------ preconditioning

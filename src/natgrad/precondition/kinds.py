@@ -107,11 +107,13 @@ def check_approximation(name: object) -> str:
 
 
 from natgrad.precondition.doubly_factored import DoublyFactoredPreconditioner  # noqa: E402
+from natgrad.precondition.ekfac import EKFACPreconditioner  # noqa: E402
 from natgrad.precondition.kronecker import KroneckerPreconditioner  # noqa: E402
 
 for _kind in (
     KroneckerPreconditioner,
     DoublyFactoredPreconditioner,
+    EKFACPreconditioner,
 ):
     register_kind(_kind)
 
