@@ -37,6 +37,8 @@ class Pieces:
     g: Tensor  # (N, R, out) gradient of nll_n at the layer output, per position
     grads: Tensor  # (N, out, in[+1]) per-example gradient of nll_n, bias last column
     map_shape: tuple[int, int] | None  # (channels, locations) of a doubly-factored input
+    theta: Tensor  # (out, in[+1]) the layer's parameters, bias last column
+    weight_decay: float
 
 
 def _linear_sequence():
@@ -98,7 +100,9 @@ def _input_positions(layer: nn.Module, x: Tensor) -> tuple[Tensor, tuple[int, in
     return torch.cat([patches, ones], dim=-1), shape
 
 
-def _pieces(model: nn.Module, layer: nn.Module, x: Tensor, y: Tensor) -> Pieces:
+def _pieces(
+    model: nn.Module, layer: nn.Module, x: Tensor, y: Tensor, weight_decay: float = 0.0
+) -> Pieces:
     index = list(model).index(layer)
     model, x = copy.deepcopy(model).double(), x.double()
     layer = model[index]
@@ -123,7 +127,8 @@ def _pieces(model: nn.Module, layer: nn.Module, x: Tensor, y: Tensor) -> Pieces:
     per_example = vmap(grad(nll), in_dims=(None, 0, 0))(params, x, y)
     weight = per_example[f"{index}.weight"].reshape(N, layer.weight.shape[0], -1)
     grads = torch.cat([weight, per_example[f"{index}.bias"][:, :, None]], dim=2)
-    return Pieces(a, g, grads, shape)
+    theta = torch.cat([layer.weight.reshape(layer.weight.shape[0], -1), layer.bias[:, None]], 1)
+    return Pieces(a, g, grads, shape, theta.detach(), weight_decay)
 
 
 # ---------------------------------------------------------------- references (the papers)
@@ -185,10 +190,23 @@ def ekfac_reference(p: Pieces, gamma: float) -> Tensor:
     return U @ torch.diag(S.reshape(-1) + gamma**2) @ U.T
 
 
+def eigen_adam_reference(p: Pieces, gamma: float) -> Tensor:
+    """(U_G ⊗ U_A) diag(sqrt(vec v^) + gamma) (U_G ⊗ U_A)^T: Adam's second moment of the
+    mini-batch gradient V = mean_n G_n + eta theta in K-FAC's eigenbasis (SOAP, Vyas et al.
+    2024, with K-FAC's factors); after identical gradients v^ = (U_G^T V U_A)^2."""
+    A, G = _kronecker_factors(p)
+    U_A, U_G = torch.linalg.eigh(A)[1], torch.linalg.eigh(G)[1]
+    V = p.grads.mean(dim=0) + p.weight_decay * p.theta
+    scale = (U_G.T @ V @ U_A).abs() + gamma
+    U = torch.kron(U_G, U_A)
+    return U @ torch.diag(scale.reshape(-1)) @ U.T
+
+
 REFERENCES = {
     "kronecker": (kronecker_reference, KRONECKER_PATTERNS, ("cholesky", "eigen")),
     "doubly_factored": (doubly_factored_reference, DOUBLY_PATTERNS, ("cholesky", "eigen")),
     "ekfac": (ekfac_reference, KRONECKER_PATTERNS, ("eigen",)),
+    "eigen_adam": (eigen_adam_reference, KRONECKER_PATTERNS, ("eigen",)),
 }
 
 
@@ -225,7 +243,7 @@ def _run(kind: str, pattern: str, method: str, steps: int = 2):
     for _ in range(steps):
         opt.step(closure)
     gamma = math.sqrt(DAMPING + options.get("weight_decay", 0.0))
-    return opt, model, layer, x, y, gamma
+    return opt, model, layer, x, y, gamma, options.get("weight_decay", 0.0)
 
 
 def test_every_registered_kind_is_in_the_table():
@@ -241,10 +259,10 @@ def test_the_references_per_example_pieces_agree_with_the_per_example_gradients(
 
 @pytest.mark.parametrize(("kind", "pattern", "method"), list(_cases()))
 def test_to_dense_is_the_papers_matrix(kind, pattern, method):
-    opt, model, layer, x, y, gamma = _run(kind, pattern, method)
+    opt, model, layer, x, y, gamma, weight_decay = _run(kind, pattern, method)
     preconditioner = opt.preconditioner(layer)
     assert type(preconditioner) is CURVATURE_KINDS[kind]
-    reference = REFERENCES[kind][0](_pieces(model, layer, x, y), gamma)
+    reference = REFERENCES[kind][0](_pieces(model, layer, x, y, weight_decay), gamma)
     dense = preconditioner.to_dense(gamma)
     assert dense.dtype == torch.float64
     scale = reference.abs().max()
@@ -253,7 +271,7 @@ def test_to_dense_is_the_papers_matrix(kind, pattern, method):
 
 @pytest.mark.parametrize(("kind", "pattern", "method"), list(_cases()))
 def test_apply_solves_the_dense_matrix(kind, pattern, method):
-    opt, _, layer, _, _, gamma = _run(kind, pattern, method)
+    opt, _, layer, _, _, gamma, _ = _run(kind, pattern, method)
     preconditioner = opt.preconditioner(layer)
     V = opt.gradient_matrices(0.0)[opt.layers.index(_tracked(opt, layer))]
     V = V + torch.randn(V.shape, generator=torch.Generator().manual_seed(5))

@@ -33,6 +33,7 @@ layer's inverse and when it is swapped in; docs/DISTRIBUTED.md.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 
@@ -114,6 +115,14 @@ class KFAC(torch.optim.Optimizer):
             convolution's patch, a Linear fed by nn.Flatten of a (N, C, ...) map); layer
             names (a list, or one comma-separated string); or a mapping from layer names
             to "on" or a (channels, locations) shape.
+        approximation: each layer's curvature approximation, a registered kind
+            (natgrad.precondition.kinds): "kronecker" (K-FAC), "ekfac" (George et al.
+            2018: the Kronecker eigenbasis with a per-example diagonal scale, always
+            eigendecompositions) or "eigen_adam" (Adam in the Kronecker eigenbasis, the
+            K-FAC analogue of SOAP: momentum is its beta1, stat_decay its beta2,
+            sqrt(damping + weight_decay) its eps; the step is lr times its update, with
+            no momentum of the step rule and no adapt_step). A doubly-factored layer
+            keeps the doubly-factored kind.
         exclude: qualified module names left to the fallback optimizer.
         fallback: factory ``(params, lr=, momentum=, weight_decay=)`` for parameters that
             are not in tracked layers; default natgrad.optim.Momentum.
@@ -209,7 +218,8 @@ class KFAC(torch.optim.Optimizer):
 
     @classmethod
     def from_preset(cls, name: str, model: nn.Module, **overrides) -> KFAC:
-        """K-FAC with the measured configuration ``name`` ("kfac" or "kfac_adaptive"),
+        """K-FAC with the measured configuration ``name`` (a key of ``PRESETS``: "kfac",
+        "kfac_adaptive", "ekfac", ...),
         the same as the command line's optimizer of that name; ``overrides`` (likelihood,
         weight_decay, damping, ...) replace single options."""
         return cls(model, **{**preset_options(name), **overrides})
@@ -305,6 +315,8 @@ class KFAC(torch.optim.Optimizer):
                 if update is not None:
                     self.state[layer.weight]["previous_update"] = update
             return updates, predicted
+        if self.curvature.moments_in_kind:  # the first moment is the approximation's
+            inputs = dataclasses.replace(inputs, group={**inputs.group, "momentum": 0.0})
         velocities = [self.state[layer.weight].get("velocity") for layer in self.layers]
         updates, velocities = self.fixed_rule.updates(inputs, velocities)
         for layer, velocity in zip(self.layers, velocities, strict=True):
@@ -533,6 +545,8 @@ def build_kfac(model: nn.Module, ctx: BuildContext, kwargs: dict) -> KFAC:
 _DESCRIPTIONS = {
     "kfac": "K-FAC with factored Tikhonov damping (Martens & Grosse 2015)",
     "kfac_adaptive": "K-FAC with the quadratic-model step and Levenberg-Marquardt damping",
+    "ekfac": "EKFAC: K-FAC's eigenbasis with a per-example diagonal scale (George et al. 2018)",
+    "kfac_eigen_adam": "Adam in K-FAC's eigenbasis, the K-FAC analogue of SOAP (Vyas et al. 2024)",
 }
 for _name in PRESETS:
     register_optimizer(

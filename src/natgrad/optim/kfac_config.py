@@ -89,7 +89,27 @@ _KFAC_ADAPTIVE = {
     "adapt_step": True,
     "kl_clip": None,
 }
-PRESETS: dict[str, dict[str, object]] = {"kfac": _KFAC, "kfac_adaptive": _KFAC_ADAPTIVE}
+# EKFAC (George et al. 2018): the "kfac" preset's schedule with the eigenbasis scale
+# re-estimated at every statistics step (docs/RESULTS.md, "Curvature approximations").
+_EKFAC = {**_KFAC, "approximation": "ekfac"}
+# Adam in the Kronecker eigenbasis (the K-FAC analogue of SOAP): momentum and
+# stat_decay are its beta1 and beta2, sqrt(damping) its eps, and the step is lr times
+# its update (no momentum of the step rule, no KL clipping).
+_KFAC_EIGEN_ADAM = {
+    **_KFAC,
+    "approximation": "eigen_adam",
+    "lr": 3e-3,
+    "momentum": 0.9,
+    "stat_decay": 0.95,
+    "damping": 1e-6,
+    "kl_clip": None,
+}
+PRESETS: dict[str, dict[str, object]] = {
+    "kfac": _KFAC,
+    "kfac_adaptive": _KFAC_ADAPTIVE,
+    "ekfac": _EKFAC,
+    "kfac_eigen_adam": _KFAC_EIGEN_ADAM,
+}
 
 
 def preset_options(name: str) -> dict[str, object]:
@@ -134,6 +154,23 @@ def check_options(options: Mapping[str, object]) -> None:
     check_sharing(options["sharing"])
     check_doubly_factored(options["doubly_factored"])
     check_approximation(options["approximation"])
+    if options["approximation"] == "eigen_adam":
+        _check_eigen_adam(options)
+
+
+def _check_eigen_adam(options: Mapping[str, object]) -> None:
+    """approximation="eigen_adam" takes Adam's moments itself: momentum is its beta1 (< 1)
+    and it steps with lr, not with the quadratic model."""
+    if options["adapt_step"]:
+        raise ValueError(
+            "adapt_step must be False with approximation='eigen_adam' (it takes Adam's step "
+            "with lr; momentum is its beta1)"
+        )
+    if not options["momentum"] < 1.0:
+        raise ValueError(
+            "momentum is beta1 of approximation='eigen_adam' and must be in [0, 1), "
+            f"got {options['momentum']!r}"
+        )
 
 
 def check_doubly_factored(value) -> None:

@@ -107,6 +107,7 @@ def check_approximation(name: object) -> str:
 
 
 from natgrad.precondition.doubly_factored import DoublyFactoredPreconditioner  # noqa: E402
+from natgrad.precondition.eigen_adam import EigenAdamPreconditioner  # noqa: E402
 from natgrad.precondition.ekfac import EKFACPreconditioner  # noqa: E402
 from natgrad.precondition.kronecker import KroneckerPreconditioner  # noqa: E402
 
@@ -114,6 +115,7 @@ for _kind in (
     KroneckerPreconditioner,
     DoublyFactoredPreconditioner,
     EKFACPreconditioner,
+    EigenAdamPreconditioner,
 ):
     register_kind(_kind)
 
