@@ -139,3 +139,13 @@ def test_presets_build_the_kind_and_are_registered_optimizers(name):
     kind = {"ekfac": EKFACPreconditioner, "kfac_eigen_adam": EigenAdamPreconditioner}[name]
     assert all(isinstance(p, kind) for p in opt.preconditioners)
     assert OPTIMIZERS.lookup(name).factory is not None
+
+
+def test_ekfac_refuses_several_ranks_before_any_refresh():
+    from types import SimpleNamespace
+
+    model, closure = _model_and_closure()
+    opt = KFAC(model, lr=0.1, approximation="ekfac")
+    several = SimpleNamespace(distributed=True)
+    with pytest.raises(ValueError, match="approximation 'ekfac' runs on one process only"):
+        opt.curvature.refresh(several, 0.1, force=True)
