@@ -30,7 +30,7 @@ def _eigh64(matrix: torch.Tensor) -> torch.Tensor:
     return torch.linalg.eigh(matrix.double())[1]
 
 
-def test_ekfac_scale_is_an_average_of_projected_per_example_squares_restarted_by_a_new_basis():
+def test_ekfac_scale_averages_projected_per_example_squares_from_kfac_eigenvalues_per_basis():
     kind = EKFACPreconditioner()
     A, G = _spd(4, 0), _spd(3, 1)
     kind.update_factors(KroneckerFactors(A, G, _pieces(2)), decay=0.0)
@@ -50,11 +50,12 @@ def test_ekfac_scale_is_an_average_of_projected_per_example_squares_restarted_by
             total = total + ((U_G.T @ grads @ U_A) ** 2).mean(dim=0)
         return total
 
-    # the first update in a basis replaces S; the second averages with min(0.8, 1 - 1/2)
-    expected = 0.5 * moment(batches[0]) + 0.5 * moment(batches[1])
+    # S starts at K-FAC's eigenvalues d_G d_A^T and averages the batches in with decay 0.8
+    kfac = torch.outer(d["G_eigvals"], d["A_eigvals"]).double()
+    expected = 0.8 * (0.8 * kfac + 0.2 * moment(batches[0])) + 0.2 * moment(batches[1])
     torch.testing.assert_close(kind.scale.double(), expected, rtol=1e-5, atol=1e-7)
-    kind.refresh(0.1)
-    assert kind.scale_updates == 0
+    kind.update_factors(KroneckerFactors(2 * A, G, _pieces(6)), decay=0.0)
+    kind.refresh(0.1)  # a new basis: S starts again from its K-FAC eigenvalues
     torch.testing.assert_close(
         kind.scale, torch.outer(kind.decomposition["G_eigvals"], kind.decomposition["A_eigvals"])
     )

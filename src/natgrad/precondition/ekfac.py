@@ -19,10 +19,12 @@ with lambda = gamma^2 = damping + weight decay. With fisher="exact" the per-exam
 second moment sums over the backpropagated columns; with "mc" it uses the sampled
 targets.
 
-S lives in the basis it was measured in, so installing a new basis restarts it: S is
-set to d_G d_A^T (K-FAC's eigenvalues: EKFAC equals K-FAC until then) and its moving
-average restarts its warm-up, min(1 - 1/k, decay) for the k-th update since the
-refresh.
+S lives in the basis it was measured in, so installing a new basis resets it to
+d_G d_A^T (K-FAC's eigenvalues in that basis: EKFAC equals K-FAC until the next
+statistics step), and the moving average goes on from there with the statistics'
+decay. (Restarting the average's warm-up at each refresh instead, so that S holds
+only per-example estimates, reached a worse validation error on digits_mlp at every
+damping tried and the same on fmnist_mlp: docs/RESULTS.md, "Curvature approximations".)
 """
 
 from __future__ import annotations
@@ -58,13 +60,12 @@ class EKFACPreconditioner(KroneckerPreconditioner):
     """Running A, G (for the eigenbasis) and the eigenbasis scale S of one layer."""
 
     KIND = "ekfac"
-    FACTOR_KEYS = ("A", "G", "scale", "scale_updates")
+    FACTOR_KEYS = ("A", "G", "scale")
     NEEDS_EXAMPLES = True
 
     def __init__(self) -> None:
         super().__init__("eigen")
         self.scale: Tensor | None = None
-        self.scale_updates = 0
 
     @classmethod
     def create(cls, options) -> EKFACPreconditioner:
@@ -78,18 +79,15 @@ class EKFACPreconditioner(KroneckerPreconditioner):
             return
         d = self.decomposition
         batch = projected_second_moment(factors.examples, d["A_eigvecs"], d["G_eigvecs"])
-        self.scale_updates += 1
-        scale_decay = min(decay, 1.0 - 1.0 / self.scale_updates)
-        if self.scale is None or scale_decay == 0.0:
+        if self.scale is None or decay == 0.0:
             self.scale = batch
         else:
-            self.scale.lerp_(batch, 1.0 - scale_decay)
+            self.scale.lerp_(batch, 1.0 - decay)
 
     def install(self, decomposition: dict[str, Tensor]) -> None:
-        """Use the new eigenbasis; S restarts from K-FAC's eigenvalues d_G d_A^T."""
+        """Use the new eigenbasis; S starts again from K-FAC's eigenvalues d_G d_A^T."""
         super().install(decomposition)
         self.scale = torch.outer(decomposition["G_eigvals"], decomposition["A_eigvals"])
-        self.scale_updates = 0
 
     def apply(self, V: Tensor, gamma: float) -> Tensor:
         """U_G [(U_G^T V U_A) / (S + gamma^2)] U_A^T (float32; V before a basis)."""
@@ -114,17 +112,15 @@ class EKFACPreconditioner(KroneckerPreconditioner):
         return float(self.A.shape[0]) ** 3 + float(self.G.shape[0]) ** 3
 
     def state_dict(self) -> dict[str, Tensor]:
-        """A, G, the decomposition ("inverse.*"), S ("scale") and its update count."""
+        """A, G, the decomposition ("inverse.*") and S ("scale")."""
         state = super().state_dict()
         if self.scale is not None:
             state["scale"] = self.scale
-            state["scale_updates"] = torch.tensor(self.scale_updates, device=self.scale.device)
         return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         super().load_state_dict(state)
         self.scale = state.get("scale")
-        self.scale_updates = int(state["scale_updates"]) if "scale_updates" in state else 0
 
 
 __all__ = ["EKFACPreconditioner", "projected_second_moment"]
