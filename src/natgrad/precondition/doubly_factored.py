@@ -149,7 +149,8 @@ class DoublyFactoredPreconditioner(LayerPreconditionerBase):
         d = self.decomposition
         if self.method == "cholesky":
             damped = [torch.linalg.inv(d[name + "_inv"].double()) for name in FACTOR_NAMES]
-            return damped, torch.as_tensor(d["bias_scale"], dtype=torch.float64)
+            scale = torch.as_tensor(d["bias_scale"], dtype=torch.float64)
+            return damped, scale.to(damped[2].device)
         values = [d[name + "_eigvals"].double() for name in FACTOR_NAMES]
         dampings = three_factor_dampings(
             [v.sum() for v in values], [v.shape[0] for v in values], gamma**2
@@ -168,14 +169,16 @@ class DoublyFactoredPreconditioner(LayerPreconditionerBase):
         out = self.factors["G"].shape[0]
         inputs = self.factors["K"].shape[0] * self.factors["Psi"].shape[0]
         width = inputs + int(self.has_bias)
+        device = self.factors["G"].device
         if self.decomposition is None:
-            return torch.eye(out * width, dtype=torch.float64)
+            return torch.eye(out * width, dtype=torch.float64, device=device)
         (K, Psi, G), bias_scale = self._damped_matrices(gamma)
-        weight_index = (torch.arange(out)[:, None] * width + torch.arange(inputs)).reshape(-1)
-        dense = torch.zeros(out * width, out * width, dtype=torch.float64)
+        rows = torch.arange(out, device=device)[:, None] * width
+        weight_index = (rows + torch.arange(inputs, device=device)).reshape(-1)
+        dense = torch.zeros(out * width, out * width, dtype=torch.float64, device=device)
         dense[weight_index[:, None], weight_index] = torch.kron(G, torch.kron(K, Psi))
         if self.has_bias:
-            bias_index = torch.arange(out) * width + inputs
+            bias_index = rows[:, 0] + inputs
             dense[bias_index[:, None], bias_index] = G / bias_scale
         return dense
 

@@ -74,7 +74,8 @@ class KroneckerPreconditioner(LayerPreconditionerBase):
         if d is None:
             if self.A is None:
                 raise RuntimeError("no factors yet: the layer's size is unknown")
-            return torch.eye(self.A.shape[0] * self.G.shape[0], dtype=torch.float64)
+            size = self.A.shape[0] * self.G.shape[0]
+            return torch.eye(size, dtype=torch.float64, device=self.A.device)
         if self.method == "cholesky":
             damped_G = torch.linalg.inv(d["G_inv"].double())
             damped_A = torch.linalg.inv(d["A_inv"].double())
