@@ -218,10 +218,9 @@ class KFAC(torch.optim.Optimizer):
 
     @classmethod
     def from_preset(cls, name: str, model: nn.Module, **overrides) -> KFAC:
-        """K-FAC with the measured configuration ``name`` (a key of ``PRESETS``: "kfac",
-        "kfac_adaptive", "ekfac", ...),
-        the same as the command line's optimizer of that name; ``overrides`` (likelihood,
-        weight_decay, damping, ...) replace single options."""
+        """K-FAC with the measured configuration ``name`` ("kfac", "kfac_adaptive", "ekfac"
+        or "kfac_eigen_adam"), the same as the command line's optimizer of that name;
+        ``overrides`` (likelihood, weight_decay, damping, ...) replace single options."""
         return cls(model, **{**preset_options(name), **overrides})
 
     def preconditioner(self, module: nn.Module) -> LayerPreconditioner:

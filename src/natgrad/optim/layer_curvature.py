@@ -185,15 +185,16 @@ class LayerCurvature:
         return {key: entries.pop(key) for key in list(entries) if owns_curvature_key(key)}
 
     def load_layer_states(self, states: list[dict], devices: list[torch.device]) -> None:
-        """Restore :meth:`layer_states` (after :meth:`check_shapes`)."""
-        for position, (layer, state, device) in enumerate(
-            zip(self.layers, states, devices, strict=True)
-        ):
+        """Restore :meth:`layer_states` (after :meth:`check_shapes`); a ValueError (state
+        of another approximation) leaves every layer as it was."""
+        loaded = []
+        for layer, state, device in zip(self.layers, states, devices, strict=True):
             preconditioner = preconditioner_for_state(
                 state, self.options, layer.name, layer.bias is not None
             )
             preconditioner.load_state_dict({k: v.to(device) for k, v in state.items()})
-            self.preconditioners[position] = preconditioner
+            loaded.append(preconditioner)
+        self.preconditioners[:] = loaded
 
     def check_shapes(self, states: list[dict]) -> None:
         """ValueError when a checkpoint's factors do not fit the tracked layers."""
