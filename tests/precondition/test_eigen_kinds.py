@@ -126,8 +126,10 @@ def test_a_checkpoint_of_another_approximation_is_refused_by_name():
     for _ in range(2):
         opt.step(closure)
     other = KFAC(model, lr=0.1)
+    before = list(other.preconditioners)
     with pytest.raises(ValueError, match="approximation 'kronecker' does not keep"):
         other.load_state_dict(opt.state_dict())
+    assert all(a is b for a, b in zip(before, other.preconditioners, strict=True))
 
 
 @pytest.mark.parametrize("name", ["ekfac", "kfac_eigen_adam"])
@@ -150,3 +152,20 @@ def test_ekfac_refuses_several_ranks_before_any_refresh():
     several = SimpleNamespace(distributed=True)
     with pytest.raises(ValueError, match="approximation 'ekfac' runs on one process only"):
         opt.curvature.refresh(several, 0.1, force=True)
+
+
+@pytest.mark.parametrize("approximation", ["ekfac", "eigen_adam"])
+def test_eigen_kinds_with_the_asynchronous_inverter_match_the_synchronous_run(approximation):
+    from natgrad.distributed.coordinator import Coordinator
+
+    results = []
+    for staleness in (None, 0):
+        model, closure = _model_and_closure()
+        opt = KFAC(model, lr=0.05, approximation=approximation, inv_every=2, stat_decay=0.9)
+        opt.coordinator = Coordinator(staleness=staleness)
+        for _ in range(5):
+            opt.step(closure)
+        opt.coordinator.close()
+        results.append([p.detach().clone() for p in model.parameters()])
+    for sync, background in zip(*results, strict=True):
+        torch.testing.assert_close(sync, background, rtol=0, atol=0)

@@ -298,6 +298,7 @@ def test_checkpoint_round_trip_resumes_exactly(kind, pattern):
     model, layer, x, y, options = REFERENCES[kind][1][pattern]()
     settings = dict(
         lr=0.05,
+        momentum=0.5,
         damping=DAMPING,
         stat_decay=0.9,
         inv_every=2,
