@@ -33,11 +33,25 @@ FISHER_KINDS = ("mc", "exact", "empirical")
 
 
 @dataclass
+class ExamplePieces:
+    """Per-example pieces of one layer's statistics backward (for approximations that need
+    per-example gradients, e.g. EKFAC): example n's gradient matrix for backpropagated
+    column k is G_nk = sum_r g[k][n, r] a[n, r]^T (positions of every call concatenated);
+    averages over examples divide by ``examples``."""
+
+    a: Tensor  # (N, R, in[+1])
+    g: list[Tensor]  # one (N, R, out) per backpropagated column
+    examples: int
+
+
+@dataclass
 class KroneckerFactors:
-    """A (in[+1] x in[+1]) and G (out x out) of one layer, float32."""
+    """A (in[+1] x in[+1]) and G (out x out) of one layer, float32 (and, when asked for,
+    the per-example pieces they came from)."""
 
     A: Tensor
     G: Tensor
+    examples: ExamplePieces | None = None
 
     def matrices(self) -> tuple[Tensor, ...]:
         return (self.A, self.G)
@@ -106,6 +120,7 @@ def layer_batch_factors(
     call_grads: Sequence[Sequence[Tensor | None]],
     num_examples: int,
     count: int | None = None,
+    keep_examples: bool = False,
 ) -> KroneckerFactors | DoublyFactoredFactors | None:
     """A and G of one layer from its recorded calls (float32); None if no call reached the loss.
 
@@ -120,7 +135,8 @@ def layer_batch_factors(
       A = sum_n a~ a~^T / N, G = sum_n g~ g~^T / N.
 
     A doubly-factored layer gets K, Psi and G instead, from the same activation rows
-    (:mod:`natgrad.curvature.doubly_factored`).
+    (:mod:`natgrad.curvature.doubly_factored`). ``keep_examples`` attaches the
+    per-example pieces (:class:`ExamplePieces`) to Kronecker factors.
     """
     used = [
         (call, grads)
@@ -145,7 +161,24 @@ def layer_batch_factors(
     shape = layer.input_matrix_shape(used[0][0])
     if shape is not None:
         return doubly_factored_factors(a_rows, shape, layer.bias is not None, G)
-    return KroneckerFactors(_gram(a_rows, a_rows.shape[0]), G)
+    pieces = None
+    if keep_examples:
+        pieces = _example_pieces(layer.name, activations, gradients, num_examples)
+    return KroneckerFactors(_gram(a_rows, a_rows.shape[0]), G, pieces)
+
+
+def _example_pieces(
+    name: str, activations: list, gradients: list, num_examples: int
+) -> ExamplePieces:
+    """Every call's positions side by side per example."""
+    if any(a.shape[0] != num_examples for a in activations):
+        raise ValueError(
+            f"per-example statistics for layer {name} need inputs with the batch as their "
+            f"first dimension ({num_examples} examples)"
+        )
+    a = torch.cat(activations, dim=1)
+    g = [torch.cat(column, dim=1) for column in zip(*gradients, strict=True)]
+    return ExamplePieces(a, g, num_examples)
 
 
 def _gram(rows: Tensor, divisor: int) -> Tensor:

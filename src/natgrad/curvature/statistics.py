@@ -63,6 +63,7 @@ class StatisticsCollector:
     fisher: str
     fraction: float
     generator: torch.Generator
+    per_example: bool = False  # keep each layer's per-example pieces (ExamplePieces)
     capture: CurvatureCapture = field(init=False)
 
     def __post_init__(self) -> None:
@@ -116,7 +117,7 @@ class StatisticsCollector:
             return []
         with torch.no_grad(), no_autocast(self._reference()):
             return [
-                layer_batch_factors(layer, grads, num_examples, count)
+                layer_batch_factors(layer, grads, num_examples, count, self.per_example)
                 for layer, grads in zip(self.layers, self._per_layer(call_grads), strict=True)
             ]
 

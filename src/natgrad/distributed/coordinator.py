@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from natgrad.distributed.assignment import assign_longest_first, inversion_cost
+from natgrad.distributed.assignment import assign_longest_first
 from natgrad.distributed.comms import (
     BUCKET_BYTES,
     all_reduce_sum,
@@ -42,7 +42,6 @@ from natgrad.distributed.comms import (
     upper_triangle,
 )
 from natgrad.distributed.inverter import Decompositions, Inverter, decompose_all
-from natgrad.precondition.base import DECOMPOSITION_PREFIX
 
 PRECONDITION_MODES = ("broadcast", "gather")
 ROLES = ("both", "gradients", "statistics")
@@ -324,18 +323,10 @@ def _device_of(preconditioner) -> torch.device:
 
 
 def refresh_cost(preconditioner) -> float:
-    """Estimated cost of refreshing a preconditioner: sum of d^3 over its square running
-    factors (d_A^3 + d_G^3 for a Kronecker layer; any other preconditioner type with
-    factors in its state_dict alike); 0 before it has factors."""
-    if not preconditioner.has_factors:
-        return 0.0
-    return sum(
-        inversion_cost(tensor.shape[0], 0)
-        for key, tensor in preconditioner.state_dict().items()
-        if not key.startswith(DECOMPOSITION_PREFIX)
-        and tensor.dim() == 2
-        and tensor.shape[0] == tensor.shape[1]
-    )
+    """Estimated cost of refreshing a preconditioner, as its kind estimates it (about d^3
+    per square running factor of size d: d_A^3 + d_G^3 for a Kronecker layer); 0 before
+    it has factors."""
+    return preconditioner.refresh_cost()
 
 
 def default_coordinator() -> Coordinator:

@@ -33,6 +33,7 @@ layer's inverse and when it is swapped in; docs/DISTRIBUTED.md.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 
@@ -47,7 +48,6 @@ from natgrad.curvature.capture import (
     unwrap_model,
 )
 from natgrad.curvature.doubly_factored import check_matrix_shape
-from natgrad.curvature.kronecker import all_finite, ema_decay
 from natgrad.curvature.likelihoods import get_likelihood
 from natgrad.curvature.statistics import LayerFactors, StatisticsCollector, no_autocast
 from natgrad.distributed.coordinator import Coordinator, default_coordinator
@@ -66,15 +66,10 @@ from natgrad.optim.kfac_rules import (
     StepInputs,
     penalty_change,
 )
+from natgrad.optim.layer_curvature import LayerCurvature
 from natgrad.optim.quadratic_model import QuadraticModel
-from natgrad.precondition.choice import (
-    LayerPreconditioner,
-    owns_curvature_key,
-    preconditioner_for,
-    preconditioner_for_state,
-)
+from natgrad.precondition.choice import LayerPreconditioner
 from natgrad.precondition.damping import damping_gamma
-from natgrad.precondition.kronecker import KroneckerPreconditioner
 
 Closure = Callable[[], tuple[Tensor, Tensor]]
 FallbackFactory = Callable[..., torch.optim.Optimizer]
@@ -121,6 +116,14 @@ class KFAC(torch.optim.Optimizer):
             convolution's patch, a Linear fed by nn.Flatten of a (N, C, ...) map); layer
             names (a list, or one comma-separated string); or a mapping from layer names
             to "on" or a (channels, locations) shape.
+        approximation: each layer's curvature approximation, a registered kind
+            (natgrad.precondition.kinds): "kronecker" (K-FAC), "ekfac" (George et al.
+            2018: the Kronecker eigenbasis with a per-example diagonal scale, always
+            eigendecompositions) or "eigen_adam" (Adam in the Kronecker eigenbasis, the
+            K-FAC analogue of SOAP: momentum is its beta1, stat_decay its beta2,
+            sqrt(damping + weight_decay) its eps; the step is lr times its update, with
+            no momentum of the step rule and no adapt_step). A doubly-factored layer
+            keeps the doubly-factored kind.
         exclude: qualified module names left to the fallback optimizer.
         fallback: factory ``(params, lr=, momentum=, weight_decay=)`` for parameters that
             are not in tracked layers; default natgrad.optim.Momentum.
@@ -152,6 +155,7 @@ class KFAC(torch.optim.Optimizer):
         damping_config: DampingConfig = DEFAULT_DAMPING_CONFIG,
         sharing: str | Mapping[str, str] = _D["sharing"],
         doubly_factored: str | Sequence[str] | Mapping = _D["doubly_factored"],
+        approximation: str = _D["approximation"],
     ) -> None:
         check_model_argument(model, "KFAC")
         if is_compiled(model):
@@ -176,13 +180,10 @@ class KFAC(torch.optim.Optimizer):
         defaults = dict(lr=lr, momentum=momentum, damping=damping, weight_decay=weight_decay)
         super().__init__(params, defaults)
         self._groups_fixed = True
-        self.preconditioners: list[LayerPreconditioner] = [
-            KroneckerPreconditioner(inverse) for _ in self.layers
-        ]  # a layer whose statistics come doubly factored gets that kind on its first update
         self.fallback = self._build_fallback(fallback or _default_fallback, untracked)
         self.generator = self._sampling_generator(params)
-        self.statistics = StatisticsCollector(
-            model, self.layers, self.likelihood, fisher, stat_fraction, self.generator
+        self.curvature = LayerCurvature(
+            model, self.layers, self.likelihood, options, self.generator
         )
         self.quadratic_model = QuadraticModel(
             model, self.likelihood, model_fraction, model_min_examples
@@ -191,8 +192,24 @@ class KFAC(torch.optim.Optimizer):
         self.model_rule = QuadraticModelStepRule(self.quadratic_model)
         self.damping_rule = LevenbergMarquardtRule(damping_config)
         self.steps = 0
-        self.stat_updates = 0
-        self.skipped_statistics = 0
+
+    @property
+    def statistics(self) -> StatisticsCollector:
+        """The collector that runs the closure's forward/backward and the statistics."""
+        return self.curvature.statistics
+
+    @property
+    def preconditioners(self) -> list[LayerPreconditioner]:
+        """One preconditioner per tracked layer (its running statistics and decomposition)."""
+        return self.curvature.preconditioners
+
+    @property
+    def stat_updates(self) -> int:
+        return self.curvature.stat_updates
+
+    @property
+    def skipped_statistics(self) -> int:
+        return self.curvature.skipped_statistics
 
     @property
     def coordinator(self) -> Coordinator:
@@ -210,17 +227,14 @@ class KFAC(torch.optim.Optimizer):
 
     @classmethod
     def from_preset(cls, name: str, model: nn.Module, **overrides) -> KFAC:
-        """K-FAC with the measured configuration ``name`` ("kfac" or "kfac_adaptive"),
-        the same as the command line's optimizer of that name; ``overrides`` (likelihood,
-        weight_decay, damping, ...) replace single options."""
+        """K-FAC with the measured configuration ``name`` ("kfac", "kfac_adaptive", "ekfac"
+        or "kfac_eigen_adam"), the same as the command line's optimizer of that name;
+        ``overrides`` (likelihood, weight_decay, damping, ...) replace single options."""
         return cls(model, **{**preset_options(name), **overrides})
 
     def preconditioner(self, module: nn.Module) -> LayerPreconditioner:
         """The preconditioner (running factors and decomposition) of the layer ``module`` is in."""
-        for layer, preconditioner in zip(self.layers, self.preconditioners, strict=True):
-            if any(member is module for member in layer.modules):
-                return preconditioner
-        raise ValueError(f"{type(module).__name__} is not a module of a tracked layer")
+        return self.curvature.preconditioner(module)
 
     def add_param_group(self, param_group: dict) -> None:
         """Only at construction: K-FAC moves the model's trainable parameters as one group
@@ -321,6 +335,8 @@ class KFAC(torch.optim.Optimizer):
                 if update is not None:
                     self.state[layer.weight]["previous_update"] = update
             return updates, predicted
+        if self.curvature.moments_in_kind:  # the first moment is the approximation's
+            inputs = dataclasses.replace(inputs, group={**inputs.group, "momentum": 0.0})
         velocities = [self.state[layer.weight].get("velocity") for layer in self.layers]
         updates, velocities = self.fixed_rule.updates(inputs, velocities)
         for layer, velocity in zip(self.layers, velocities, strict=True):
@@ -343,74 +359,29 @@ class KFAC(torch.optim.Optimizer):
     # ------------------------------------------------------------ statistics and inverses
 
     def update_statistics(self, batch_factors: LayerFactors) -> bool:
-        """EMA of the factors from one batch; skipped (with a warning) if any entry is not finite.
-
-        Layers without factors this step (not called, or not reaching the loss) keep
-        theirs. The finiteness check is the one host sync of a statistics step.
-        """
-        present = [f for f in batch_factors if f is not None]
-        if not present:
-            return False
-        if not bool(all_finite(present)):
-            self.skipped_statistics += 1
-            if self.skipped_statistics == 1:
-                warnings.warn(
-                    "KFAC: non-finite curvature statistics skipped (further skips are silent)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            return False
-        self.stat_updates += 1
-        decay = ema_decay(self.stat_updates, self.stat_decay)
-        for index, factors in enumerate(batch_factors):
-            if factors is not None:
-                self._preconditioner_keeping(index, factors).update_factors(factors, decay)
-        return True
-
-    def _preconditioner_keeping(self, index: int, factors) -> LayerPreconditioner:
-        """Layer ``index``'s preconditioner, replaced by the kind ``factors`` need while empty."""
-        current = self.preconditioners[index]
-        if not current.accepts(factors):
-            if current.has_factors:
-                raise RuntimeError(
-                    f"layer {self.layers[index].name}: its statistics changed kind between steps"
-                )
-            self.preconditioners[index] = preconditioner_for(factors, self.inverse_method)
-        return self.preconditioners[index]
+        """EMA of the statistics from one batch; skipped (with a warning) if any entry is
+        not finite (:meth:`LayerCurvature.update`)."""
+        return self.curvature.update(batch_factors)
 
     def update_inverses(self, gamma: float, force: bool) -> None:
         """Refresh every layer's decomposition when ``force``d, or when none exists yet
         (on the rank and at the step the coordinator decides)."""
-        self.coordinator.refresh_inverses(self.preconditioners, gamma, force)
+        self.curvature.refresh(self.coordinator, gamma, force)
 
     # ------------------------------------------------------------ preconditioning
 
     def gradient_matrices(self, weight_decay: float) -> list[Tensor | None]:
         """V per layer (out x in[+1]) from the parameter gradients plus eta * theta."""
-        matrices: list[Tensor | None] = []
-        for layer in self.layers:
-            weight, bias = layer.weight, layer.bias
-            if weight.grad is None:
-                matrices.append(None)
-                continue
-            weight_grad = weight.grad.add(weight, alpha=weight_decay)
-            bias_grad = None
-            if bias is not None:
-                grad = bias.grad if bias.grad is not None else torch.zeros_like(bias)
-                bias_grad = grad.add(bias, alpha=weight_decay)
-            matrices.append(layer.handler.gradient_matrix(layer.module, weight_grad, bias_grad))
-        return matrices
+        return self.curvature.gradient_matrices(weight_decay)
 
     def _parameter_matrices(self) -> list[Tensor]:
         """theta per layer as the (out x in[+1]) matrix of :meth:`gradient_matrices`."""
-        return [
-            layer.handler.gradient_matrix(layer.module, layer.weight, layer.bias)
-            for layer in self.layers
-        ]
+        return self.curvature.parameter_matrices()
 
     def precondition(self, grads: list[Tensor | None], gamma: float) -> list[Tensor | None]:
-        """U = (G + gamma/pi I)^{-1} V (A + pi gamma I)^{-1} per layer (V before any factors)."""
-        return self.coordinator.precondition(self.preconditioners, grads, gamma)
+        """U = C(gamma)^{-1} V per layer (K-FAC: (G + gamma/pi I)^{-1} V (A + pi gamma I)^{-1};
+        V before any factors)."""
+        return self.curvature.precondition(self.coordinator, grads, gamma)
 
     def _flat(self, matrices: list[Tensor | None]) -> list[Tensor]:
         """Per-layer matrices as a list shaped like the trainable parameters (zeros elsewhere)."""
@@ -455,8 +426,8 @@ class KFAC(torch.optim.Optimizer):
         """torch.optim state (velocities), each layer's factors and decomposition under its
         weight's entry ("A", "G", "inverse.*"), counters, the sampling RNG and the fallback."""
         state = super().state_dict()
-        for index, preconditioner in zip(self._weight_indices(), self.preconditioners, strict=True):
-            entry = preconditioner.state_dict()
+        layer_states = self.curvature.layer_states()
+        for index, entry in zip(self._weight_indices(), layer_states, strict=True):
             if entry:
                 state["state"][index] = {**state["state"].get(index, {}), **entry}
         state["kfac"] = {
@@ -475,49 +446,22 @@ class KFAC(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         extra = state_dict.pop("kfac", None)
         saved = {int(k): dict(v) for k, v in state_dict.get("state", {}).items()}
-        curvature = {
-            index: {
-                key: saved[index].pop(key)
-                for key in list(saved.get(index, {}))
-                if owns_curvature_key(key)
-            }
-            for index in self._weight_indices()
-        }
-        self._check_factor_shapes(curvature)
+        indices = self._weight_indices()
+        curvature = [self.curvature.split_state(saved.get(index, {})) for index in indices]
+        self.curvature.check_shapes(curvature)
+        devices = [self.param_groups[0]["params"][index].device for index in indices]
+        self.curvature.load_layer_states(curvature, devices)  # before touching any other state
         super().load_state_dict({**state_dict, "state": saved})
         self._restore_state_dtypes(saved)
-        for position, (index, entry) in enumerate(curvature.items()):
-            device = self.param_groups[0]["params"][index].device
-            preconditioner = preconditioner_for_state(entry, self.inverse_method)
-            preconditioner.load_state_dict({k: v.to(device) for k, v in entry.items()})
-            self.preconditioners[position] = preconditioner
         if extra is None:
             return
         self.steps = extra["steps"]
-        self.stat_updates = extra["stat_updates"]
-        self.skipped_statistics = extra["skipped_statistics"]
+        self.curvature.stat_updates = extra["stat_updates"]
+        self.curvature.skipped_statistics = extra["skipped_statistics"]
         if "generator" in extra:
             self.generator.set_state(extra["generator"].cpu())
         if self.fallback is not None and extra["fallback"] is not None:
             self.fallback.load_state_dict(extra["fallback"])
-
-    def _check_factor_shapes(self, curvature: dict[int, dict]) -> None:
-        for layer, entry in zip(self.layers, curvature.values(), strict=True):
-            expected_A = layer.handler.gradient_matrix(
-                layer.module, layer.weight, layer.bias
-            ).shape[::-1]
-            if "K" in entry:
-                inputs = entry["K"].shape[0] * entry["Psi"].shape[0]
-                got = (inputs + (layer.bias is not None), entry["G"].shape[0])
-            elif "A" in entry:
-                got = (entry["A"].shape[0], entry["G"].shape[0])
-            else:
-                continue
-            if got != tuple(expected_A):
-                raise ValueError(
-                    f"K-FAC checkpoint does not fit this model: layer {layer.name} has factors "
-                    f"of sizes {got}, the model needs {tuple(expected_A)}"
-                )
 
     def _restore_state_dtypes(self, saved: dict) -> None:
         """Undo torch's cast of floating state to the parameter dtype on load.
@@ -621,6 +565,8 @@ def build_kfac(model: nn.Module, ctx: BuildContext, kwargs: dict) -> KFAC:
 _DESCRIPTIONS = {
     "kfac": "K-FAC with factored Tikhonov damping (Martens & Grosse 2015)",
     "kfac_adaptive": "K-FAC with the quadratic-model step and Levenberg-Marquardt damping",
+    "ekfac": "EKFAC: K-FAC's eigenbasis with a per-example diagonal scale (George et al. 2018)",
+    "kfac_eigen_adam": "Adam in K-FAC's eigenbasis, the K-FAC analogue of SOAP (Vyas et al. 2024)",
 }
 for _name in PRESETS:
     register_optimizer(

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from natgrad.curvature.capture import SHARING_MODES
 from natgrad.curvature.kronecker import FISHER_KINDS
 from natgrad.precondition.inverse import INVERSE_METHODS
+from natgrad.precondition.kinds import approximation_names, check_approximation
 
 # The plain algorithm (Martens & Grosse 2015 without its refinements); lr has no default.
 PLAIN_DEFAULTS: dict[str, object] = {
@@ -32,6 +33,7 @@ PLAIN_DEFAULTS: dict[str, object] = {
     "kl_clip": None,
     "sharing": "expand",
     "doubly_factored": "off",
+    "approximation": "kronecker",
 }
 
 # "auto" doubly factors a layer whose weight sees at least this many input features
@@ -58,6 +60,7 @@ OPTION_HELP: dict[str, str] = {
     "sharing": "weight sharing (sequence positions, repeated calls): expand | reduce",
     "doubly_factored": "three-factor layers (Ba et al. 2017): off | auto (inputs >= "
     f"{DOUBLY_FACTORED_MIN_INPUTS} from a channels x locations map) | comma-separated layer names",
+    "approximation": "curvature approximation of each layer: " + " | ".join(approximation_names()),
 }
 
 # Statistics every 2 steps on 1/8 of the batch, inverses every 20 steps, KL-clipped
@@ -86,7 +89,31 @@ _KFAC_ADAPTIVE = {
     "adapt_step": True,
     "kl_clip": None,
 }
-PRESETS: dict[str, dict[str, object]] = {"kfac": _KFAC, "kfac_adaptive": _KFAC_ADAPTIVE}
+# EKFAC (George et al. 2018): the "kfac" preset's schedule with the eigenbasis scale
+# re-estimated at every statistics step. Its damping adds lambda to S alone (no
+# factored cross terms), so it needs more: 3e-2 was best of 1e-3..1 on digits_mlp and
+# within noise of the best on fmnist_mlp (docs/RESULTS.md, "Curvature approximations").
+_EKFAC = {**_KFAC, "approximation": "ekfac", "damping": 3e-2}
+# Adam in the Kronecker eigenbasis (the K-FAC analogue of SOAP): momentum and
+# stat_decay are its beta1 and beta2, sqrt(damping) its eps, and the step is lr times
+# its update (no momentum of the step rule, no KL clipping). lr 3e-3 was best of
+# 1e-3, 3e-3, 1e-2 on fmnist_mlp (1e-2 on digits_mlp), damping 1e-8 better than 1e-6
+# on digits_mlp (docs/RESULTS.md, "Curvature approximations").
+_KFAC_EIGEN_ADAM = {
+    **_KFAC,
+    "approximation": "eigen_adam",
+    "lr": 3e-3,
+    "momentum": 0.9,
+    "stat_decay": 0.95,
+    "damping": 1e-8,
+    "kl_clip": None,
+}
+PRESETS: dict[str, dict[str, object]] = {
+    "kfac": _KFAC,
+    "kfac_adaptive": _KFAC_ADAPTIVE,
+    "ekfac": _EKFAC,
+    "kfac_eigen_adam": _KFAC_EIGEN_ADAM,
+}
 
 
 def preset_options(name: str) -> dict[str, object]:
@@ -130,6 +157,24 @@ def check_options(options: Mapping[str, object]) -> None:
         raise ValueError(f"kl_clip must be None or a finite number > 0, got {kl_clip!r}")
     check_sharing(options["sharing"])
     check_doubly_factored(options["doubly_factored"])
+    check_approximation(options["approximation"])
+    if options["approximation"] == "eigen_adam":
+        _check_eigen_adam(options)
+
+
+def _check_eigen_adam(options: Mapping[str, object]) -> None:
+    """approximation="eigen_adam" takes Adam's moments itself: momentum is its beta1 (< 1)
+    and it steps with lr, not with the quadratic model."""
+    if options["adapt_step"]:
+        raise ValueError(
+            "adapt_step must be False with approximation='eigen_adam' (it takes Adam's step "
+            "with lr; momentum is its beta1)"
+        )
+    if not options["momentum"] < 1.0:
+        raise ValueError(
+            "momentum is beta1 of approximation='eigen_adam' and must be in [0, 1), "
+            f"got {options['momentum']!r}"
+        )
 
 
 def check_doubly_factored(value) -> None:

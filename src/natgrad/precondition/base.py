@@ -4,6 +4,8 @@ between steps, and its checkpoint keys ("inverse.*" for the decomposition)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor
 
@@ -14,14 +16,38 @@ _READY = DECOMPOSITION_PREFIX + "ready"
 
 
 class LayerPreconditionerBase:
-    """Subclasses name their factors' checkpoint keys (``FACTOR_KEYS``) and implement
-    ``has_factors``, ``compute_decomposition(gamma)`` and ``apply(V, gamma)``."""
+    """Subclasses name their kind (``KIND``) and their factors' checkpoint keys
+    (``FACTOR_KEYS``) and implement ``has_factors``, ``update_factors``,
+    ``compute_decomposition(gamma)``, ``apply(V, gamma)``, ``to_dense(gamma)`` and the
+    checkpoint pair (:class:`natgrad.precondition.kinds.CurvatureKind`)."""
 
+    KIND: str = ""
     FACTOR_KEYS: tuple[str, ...] = ()
+    STATISTICS = "kronecker"
+    NEEDS_EXAMPLES = False
 
     def __init__(self, method: str = "cholesky") -> None:
         self.method = check_inverse_method(method)
         self.decomposition: dict[str, Tensor] | None = None
+
+    @classmethod
+    def create(cls, options: Mapping[str, object]) -> LayerPreconditionerBase:
+        """An empty instance with the optimizer's inverse method."""
+        return cls(str(options.get("inverse", "cholesky")))
+
+    def observe_gradient(self, V: Tensor) -> Tensor:
+        """The matrix to precondition this step: ``V`` itself (no gradient moments)."""
+        return V
+
+    def refresh_cost(self) -> float:
+        """About d^3 flops per square running factor of size d (0 before any statistics)."""
+        if not self.has_factors:
+            return 0.0
+        return sum(
+            float(tensor.shape[0]) ** 3
+            for key, tensor in self.state_dict().items()
+            if key in self.FACTOR_KEYS and tensor.dim() == 2 and tensor.shape[0] == tensor.shape[1]
+        )
 
     @property
     def ready(self) -> bool:
@@ -66,4 +92,16 @@ class LayerPreconditionerBase:
         return key in cls.FACTOR_KEYS or key.startswith(DECOMPOSITION_PREFIX)
 
 
-__all__ = ["LayerPreconditionerBase", "DECOMPOSITION_PREFIX"]
+def eigen_matrix(eigenvalues: Tensor, eigenvectors: Tensor) -> Tensor:
+    """Q diag(d) Q^T in float64."""
+    Q = eigenvectors.double()
+    return (Q * eigenvalues.double()) @ Q.T
+
+
+def eigenbasis_dense(Q_G: Tensor, Q_A: Tensor, scale: Tensor) -> Tensor:
+    """(Q_G ⊗ Q_A) diag(vec(scale)) (Q_G ⊗ Q_A)^T in float64, row-major vec of (out x in)."""
+    Q = torch.kron(Q_G.double(), Q_A.double())
+    return (Q * scale.double().reshape(-1)) @ Q.T
+
+
+__all__ = ["LayerPreconditionerBase", "DECOMPOSITION_PREFIX", "eigen_matrix", "eigenbasis_dense"]

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from natgrad.curvature.doubly_factored import DoublyFactoredFactors
-from natgrad.precondition.base import LayerPreconditionerBase
+from natgrad.precondition.base import LayerPreconditionerBase, eigen_matrix
 from natgrad.precondition.damping import add_to_diagonal
 from natgrad.precondition.inverse import damped_inverse, symmetric_eigen, symmetric_inverse
 
@@ -61,11 +61,18 @@ def mode_products(K: Tensor, Psi: Tensor, G: Tensor, weight: Tensor) -> Tensor:
 class DoublyFactoredPreconditioner(LayerPreconditionerBase):
     """Running K, Psi, G of one layer and their damped decomposition."""
 
+    KIND = "doubly_factored"
     FACTOR_KEYS = FACTOR_NAMES
+    STATISTICS = "doubly_factored"
 
-    def __init__(self, method: str = "cholesky") -> None:
+    def __init__(self, method: str = "cholesky", has_bias: bool = True) -> None:
         super().__init__(method)
         self.factors: dict[str, Tensor] | None = None
+        self.has_bias = has_bias  # the layer's gradient matrix has a bias column
+
+    @classmethod
+    def create(cls, options, has_bias: bool = True) -> DoublyFactoredPreconditioner:
+        return cls(str(options.get("inverse", "cholesky")), has_bias)
 
     @property
     def has_factors(self) -> bool:
@@ -146,6 +153,44 @@ class DoublyFactoredPreconditioner(LayerPreconditionerBase):
             scale = bias_damping_scale(gamma, dampings[2])
             bias_update = Q_G @ ((Q_G.T @ V[:, -1]) * inv_G) * scale
         return weight_update, bias_update
+
+    def _damped_matrices(self, gamma: float) -> tuple[list[Tensor], Tensor]:
+        """The installed damped K~, Psi~, G~ (float64) and the bias scale 1/(1 + lambda/delta_G)."""
+        d = self.decomposition
+        if self.method == "cholesky":
+            damped = [torch.linalg.inv(d[name + "_inv"].double()) for name in FACTOR_NAMES]
+            scale = torch.as_tensor(d["bias_scale"], dtype=torch.float64)
+            return damped, scale.to(damped[2].device)
+        values = [d[name + "_eigvals"].double() for name in FACTOR_NAMES]
+        dampings = three_factor_dampings(
+            [v.sum() for v in values], [v.shape[0] for v in values], gamma**2
+        )
+        damped = [
+            eigen_matrix(v + damping, d[name + "_eigvecs"])
+            for name, v, damping in zip(FACTOR_NAMES, values, dampings, strict=True)
+        ]
+        return damped, 1.0 / (1.0 + gamma**2 / dampings[2])
+
+    def to_dense(self, gamma: float) -> Tensor:
+        """G~ ⊗ K~ ⊗ Psi~ on the weight entries and G~ (1 + lambda/delta_G) on the bias
+        column, in the row-major order of V (float64; identity before a decomposition)."""
+        if self.factors is None:
+            raise RuntimeError("no factors yet: the layer's size is unknown")
+        out = self.factors["G"].shape[0]
+        inputs = self.factors["K"].shape[0] * self.factors["Psi"].shape[0]
+        width = inputs + int(self.has_bias)
+        device = self.factors["G"].device
+        if self.decomposition is None:
+            return torch.eye(out * width, dtype=torch.float64, device=device)
+        (K, Psi, G), bias_scale = self._damped_matrices(gamma)
+        rows = torch.arange(out, device=device)[:, None] * width
+        weight_index = (rows + torch.arange(inputs, device=device)).reshape(-1)
+        dense = torch.zeros(out * width, out * width, dtype=torch.float64, device=device)
+        dense[weight_index[:, None], weight_index] = torch.kron(G, torch.kron(K, Psi))
+        if self.has_bias:
+            bias_index = rows[:, 0] + inputs
+            dense[bias_index[:, None], bias_index] = G / bias_scale
+        return dense
 
     def state_dict(self) -> dict[str, Tensor]:
         """Factors under "K", "Psi", "G" and the decomposition under "inverse.*"."""

@@ -11,16 +11,19 @@ and when without touching the maths. Nothing here knows about modules.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from natgrad.curvature.kronecker import KroneckerFactors
-from natgrad.precondition.base import DECOMPOSITION_PREFIX, LayerPreconditionerBase
+from natgrad.precondition.base import DECOMPOSITION_PREFIX, LayerPreconditionerBase, eigen_matrix
+from natgrad.precondition.damping import trace_norm_pi
 from natgrad.precondition.inverse import decompose, precondition
 
 
 class KroneckerPreconditioner(LayerPreconditionerBase):
     """Running A ⊗ G of one layer and its damped inverse ("cholesky") or eigenbasis ("eigen")."""
 
+    KIND = "kronecker"
     FACTOR_KEYS = ("A", "G")
 
     def __init__(self, method: str = "cholesky") -> None:
@@ -60,6 +63,28 @@ class KroneckerPreconditioner(LayerPreconditionerBase):
         if self.decomposition is None:
             return V.float()
         return precondition(self.method, self.decomposition, V, gamma)
+
+    def to_dense(self, gamma: float) -> Tensor:
+        """(G + gamma/pi I) ⊗ (A + pi gamma I) as installed (float64; identity before that).
+
+        "cholesky" baked gamma in at decomposition time, so its damped factors are the
+        inverses of the installed inverses; "eigen" damps with the current ``gamma``.
+        """
+        d = self.decomposition
+        if d is None:
+            if self.A is None:
+                raise RuntimeError("no factors yet: the layer's size is unknown")
+            size = self.A.shape[0] * self.G.shape[0]
+            return torch.eye(size, dtype=torch.float64, device=self.A.device)
+        if self.method == "cholesky":
+            damped_G = torch.linalg.inv(d["G_inv"].double())
+            damped_A = torch.linalg.inv(d["A_inv"].double())
+        else:
+            d_A, d_G = d["A_eigvals"].double(), d["G_eigvals"].double()
+            pi = trace_norm_pi(d_A.sum(), d_A.shape[0], d_G.sum(), d_G.shape[0])
+            damped_G = eigen_matrix(d_G + gamma / pi, d["G_eigvecs"])
+            damped_A = eigen_matrix(d_A + pi * gamma, d["A_eigvecs"])
+        return torch.kron(damped_G, damped_A)
 
     def state_dict(self) -> dict[str, Tensor]:
         """Factors and decomposition under the checkpoint keys "A", "G" and "inverse.*"."""
