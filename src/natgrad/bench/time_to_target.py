@@ -25,7 +25,7 @@ first rounds in which every run was still active, so all saw the same load. Usag
     natgrad --threads 1 bench time-to-target --workload fmnist_vit [--grid-size 3] \
         [--target 0.16] [--max-steps 2000] [--time-limit 300] [--out DIR] [--json]
 
-(``benchmarks/bench_time_to_target.py`` runs the same.)
+(``benchmarks/bench_kfac_time_to_target.py`` runs the same.)
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ FAMILIES: dict[str, Family] = {
         Family("soap", "soap", "lr", 3e-3, 2.0, needs_heavyball=True),
         Family("shampoo", "shampoo", "lr", 3e-3, 2.0, needs_heavyball=True),
         Family("momentum", "momentum", "lr", 1e-2, 2.0, {"momentum": 0.9}),
-        Family("kfac", "kfac_adaptive", "damping", 0.1, 10.0),
+        Family("kfac", "kfac_adaptive", "damping", 0.1, 10.0),  # {0.01, 0.1, 1}
         Family("kfac_preset", "kfac", "lr", 0.1, 2.0),
         Family("ekfac", "ekfac", None, None, 2.0),
     )
@@ -137,13 +137,16 @@ def why_unavailable(family: Family) -> str | None:
 
 
 def family_grid(family: Family, size: int) -> list[RunSpec]:
-    """The family's ``size`` grid points."""
+    """The family's ``size`` grid points. A family that leaves its axis open searches the
+    damping as kfac does (factors of 10 around 0.1) when its optimizer has one, else the
+    learning rate around its registry default."""
     defaults = get_optimizer_spec(family.optimizer).defaults()
     axis = family.axis or ("damping" if "damping" in defaults else "lr")
-    factor = 10.0 if axis == "damping" else family.factor
-    center = family.center if family.center is not None else defaults[axis]
-    if center is None and axis == "damping":
-        center = 0.1
+    if family.axis is None and axis == "damping":
+        factor, center = 10.0, 0.1
+    else:
+        factor = family.factor
+        center = family.center if family.center is not None else defaults[axis]
     if not isinstance(center, (int, float)) or not center > 0:
         raise ValueError(f"{family.name}: no positive default {axis} to center its grid on")
     specs = []
@@ -647,9 +650,10 @@ def load_stored(path: Path, specs: list[RunSpec], args: argparse.Namespace) -> d
         f"--reanalyze {path}: its workload is {stored['workload']}, not {args.workload}",
     )
     missing = [spec.label for spec in specs if spec.label not in curves]
-    _require(
-        not missing, f"--reanalyze {path} has no run {missing[0]!r}; use the same grid arguments"
-    )
+    if missing:
+        raise ValueError(
+            f"--reanalyze {path} has no run {missing[0]!r}; use the same grid arguments"
+        )
     return {spec.label: curves[spec.label] for spec in specs}
 
 
