@@ -128,6 +128,23 @@ def test_without_heavyball_choosing_it_is_one_line_exit_2(tmp_path, capsys, monk
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["tune", "compare"])
+def test_without_heavyball_tune_and_compare_refuse_before_any_trial(
+    tmp_path, capsys, monkeypatch, command
+):
+    monkeypatch.setitem(sys.modules, "heavyball", None)
+    out = tmp_path / "study"
+    chosen = ["--optimizer", "soap"] if command == "tune" else ["--optimizers", "adam,soap"]
+    code = main(
+        [command, "--workload", "digits_mlp", *chosen, "--space", "restricted"]
+        + ["--trials", "2", "--steps", "3", "--out", str(out)]
+    )
+    assert code == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and 'pip install -e ".[peers]"' in error
+    assert not out.exists()
+
+
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     vit = get_workload("fmnist_vit").build_model()
     names = {id(p): n for n, p in vit.named_parameters()}

@@ -8,7 +8,8 @@ momentum and kfac_preset (the ``kfac`` preset) by factors of 2, the initial damp
 kfac (``kfac_adaptive``: alpha and mu from the quadratic model, Levenberg-Marquardt
 damping) by factors of 10, so 3 points are {0.01, 0.1, 1}. ekfac searches its damping
 like kfac when it has one, else its learning rate. A family whose optimizer is not
-registered, or whose optional package is absent, is skipped with one line.
+registered, or that needs an absent optional package (soap and shampoo: heavyball), is
+skipped with one line.
 
 All runs start from the same seeded initialization and see the same batches (the
 runner's), and advance round-robin, one step each per round, so that all share the
@@ -46,7 +47,6 @@ from natgrad.bench.registry import Benchmark, register_benchmark
 from natgrad.bench.timing import check_device, default_device
 from natgrad.jsonio import write_json
 from natgrad.optim import OPTIMIZERS, get_optimizer_spec
-from natgrad.optim.peers import INSTALL_PEERS, heavyball_available
 from natgrad.train.harness import SMOOTHING, Curve, CurveRun
 from natgrad.train.runner import evaluate, load_workload_data
 from natgrad.workloads import get_workload
@@ -83,7 +83,6 @@ class Family:
     center: float | None  # None: the registry default
     factor: float
     fixed: dict = field(default_factory=dict)
-    needs_heavyball: bool = False
 
 
 FAMILIES: dict[str, Family] = {
@@ -92,8 +91,8 @@ FAMILIES: dict[str, Family] = {
         Family("adam", "adam", "lr", 2e-3, 2.0),
         Family("adamw", "adamw", "lr", 2e-3, 2.0),
         Family("muon", "muon", "lr", 2e-3, 2.0),
-        Family("soap", "soap", "lr", 3e-3, 2.0, needs_heavyball=True),
-        Family("shampoo", "shampoo", "lr", 3e-3, 2.0, needs_heavyball=True),
+        Family("soap", "soap", "lr", 3e-3, 2.0),
+        Family("shampoo", "shampoo", "lr", 3e-3, 2.0),
         Family("momentum", "momentum", "lr", 1e-2, 2.0, {"momentum": 0.9}),
         Family("kfac", "kfac_adaptive", "damping", 0.1, 10.0),  # {0.01, 0.1, 1}
         Family("kfac_preset", "kfac", "lr", 0.1, 2.0),
@@ -131,9 +130,8 @@ def why_unavailable(family: Family) -> str | None:
     """Why ``family`` cannot run here (one line), or None."""
     if family.optimizer not in OPTIMIZERS:
         return f"optimizer {family.optimizer!r} is not registered in this natgrad"
-    if family.needs_heavyball and not heavyball_available():
-        return f"heavyball is not installed; {INSTALL_PEERS}"
-    return None
+    spec = OPTIMIZERS[family.optimizer]
+    return spec.unavailable() if spec.unavailable is not None else None
 
 
 def family_grid(family: Family, size: int) -> list[RunSpec]:

@@ -201,17 +201,28 @@ def heavyball_available() -> bool:
     return importlib.util.find_spec("heavyball") is not None
 
 
+def _missing_heavyball(optimizer: str) -> str:
+    return (
+        f"optimizer {optimizer!r} needs the optional package heavyball; "
+        f"install it with {INSTALL_PEERS}"
+    )
+
+
 def import_heavyball(optimizer: str):
     """heavyball, set to run eagerly; MissingPeerPackage (one line) if it is absent."""
     try:
         import heavyball
     except ImportError:
-        raise MissingPeerPackage(
-            f"optimizer {optimizer!r} needs the optional package heavyball; "
-            f"install it with {INSTALL_PEERS}"
-        ) from None
+        raise MissingPeerPackage(_missing_heavyball(optimizer)) from None
     heavyball.utils.compile_mode = None  # no torch.compile: eager kernels, CPU included
     return heavyball
+
+
+def _heavyball_unavailable(optimizer: str):
+    def reason() -> str | None:
+        return None if heavyball_available() else _missing_heavyball(optimizer)
+
+    return reason
 
 
 def _heavyball_factory(optimizer: str, class_name: str):
@@ -294,6 +305,7 @@ for _name, (_factory, _description, _hyperparameters) in PEERS.items():
             description=_description,
             factory=_factory,
             hyperparameters=_hyperparameters + (_DECOUPLED_DECAY,) + SCHEDULE_HYPERPARAMETERS,
+            unavailable=_heavyball_unavailable(_name) if _name in ("soap", "shampoo") else None,
         )
     )
 
