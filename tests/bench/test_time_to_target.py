@@ -7,6 +7,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 from natgrad.cli import main
 from natgrad.data.locate import DatasetNotFoundError
@@ -241,3 +242,40 @@ def test_reanalyze_of_a_missing_file_names_it(tmp_path, capsys):
     missing = tmp_path / "nowhere.json"
     error = _one_line_exit_2(capsys, ["--reanalyze", str(missing), "--out", str(tmp_path / "o")])
     assert str(missing) in error and "no such file" in error
+
+
+class _BrokenStep(torch.optim.SGD):
+    """An optimizer whose third step fails as a factorization of NaN curvature would."""
+
+    def step(self, closure=None):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == 3:
+            raise RuntimeError("linalg.cholesky: The factorization could not be completed\nmore")
+        return super().step(closure)
+
+
+def test_a_run_whose_step_raises_is_marked_failed_and_the_others_go_on(
+    tmp_path, capsys, monkeypatch
+):
+    sgd = get_optimizer_spec("sgd")
+    broken = OptimizerSpec(
+        "ekfac",
+        "fails at step 3",
+        lambda model, ctx, kwargs: _BrokenStep(model.parameters(), lr=kwargs["lr"]),
+        sgd.hyperparameters,
+    )
+    monkeypatch.setitem(OPTIMIZERS, "ekfac", broken)
+    code = main(
+        ["bench", "time-to-target", "--workload", "fmnist_vit", "--batch", "16"]
+        + ["--max-steps", "5", "--grid-size", "1", "--eval-every", "10"]
+        + ["--families", "ekfac", "adam", "--out", str(tmp_path / "out"), "--json"]
+    )
+    captured = capsys.readouterr()
+    assert code == 0
+    runs = {r["family"]: r for r in json.loads(captured.out)["runs"]}
+    assert runs["ekfac"]["status"] == "failed" and runs["ekfac"]["steps_run"] == 2
+    assert runs["ekfac"]["error"] == (
+        "RuntimeError: linalg.cholesky: The factorization could not be completed"
+    )
+    assert runs["adam"]["status"] == "completed" and runs["adam"]["steps_run"] == 5
+    assert "failed at step 3: RuntimeError" in captured.err
