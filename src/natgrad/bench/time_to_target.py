@@ -494,7 +494,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=list(DEFAULT_FAMILIES),
         metavar="FAMILY",
-        help=f"contenders, of {', '.join(FAMILIES)} (default: {' '.join(DEFAULT_FAMILIES)})",
+        help=f"contenders, of {', '.join(FAMILIES)} (default: %(default)s)",
     )
     parser.add_argument(
         "--grid-size", type=int, default=3, help="settings per family, >= 1 (default: 3)"
