@@ -209,3 +209,18 @@ def test_each_has_both_search_spaces_that_build(name, capsys):
     assert main(["optimizers", "--spaces"]) == 0
     listing = capsys.readouterr().out
     assert f"{name} / restricted:" in listing and f"{name} / full:" in listing
+
+
+def test_muon_param_groups_added_later_name_their_rule():
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 2))
+    optimizer = MuonAdamW([model[2].weight], [model[0].weight, model[0].bias], lr=0.01)
+    with pytest.raises(ValueError, match="needs 'algorithm' in \\['adamw', 'muon'\\]"):
+        optimizer.add_param_group({"params": [model[4].weight]})
+    with pytest.raises(ValueError, match="2-D parameters only"):
+        optimizer.add_param_group({"params": [model[4].bias], "algorithm": "muon"})
+    optimizer.add_param_group({"params": [model[4].weight, model[4].bias], "algorithm": "adamw"})
+    before = model[4].weight.detach().clone()
+    model(torch.randn(3, 4)).square().sum().backward()
+    optimizer.step()
+    assert not torch.equal(model[4].weight, before)  # the added group is stepped
+    assert optimizer.param_groups[-1]["betas"] == (0.9, 0.999)

@@ -170,6 +170,21 @@ class MuonAdamW(torch.optim.Optimizer):
             groups += [{**group, "algorithm": name} for group in rule.param_groups]
         super().__init__(groups, {})
 
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group to one rule: ``param_group["algorithm"]`` is "muon" (2-D
+        parameters only) or "adamw"; unset settings take that rule's."""
+        algorithm = param_group.get("algorithm")
+        rules = getattr(self, "_rules", {})
+        if algorithm not in rules:
+            raise ValueError(
+                f"a MuonAdamW param group needs 'algorithm' in {sorted(rules)}, got {algorithm!r}"
+            )
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        if algorithm == "muon" and any(p.ndim != 2 for p in params):
+            raise ValueError("Muon takes 2-D parameters only")
+        super().add_param_group({**rules[algorithm].defaults, **param_group, "params": params})
+
     @torch.no_grad()
     def step(self, closure=None):
         """One Muon step of the hidden matrices and one AdamW step of the rest."""
