@@ -195,6 +195,8 @@ def _one_line_exit_2(capsys, arguments: list[str]) -> str:
         (["--workload", "fmnist_vit", "--target", "1.5"], "validation error, in (0, 1]"),
         (["--report-targets", "inf"], "--report-targets must be a finite number > 0"),
         (["--grid-size", "0"], "--grid-size must be >= 1 (an empty grid)"),
+        (["--target-metric", "val_error", "--target", "0.5"], "is not a classifier"),
+        (["--workload", "fmnist_cnn", "--target-metric", "train_loss"], "--target is needed"),
         (["--time-limit", "-1"], "--time-limit must be a finite number of seconds > 0"),
         (["--time-limit", "nan"], "--time-limit must be a finite number of seconds > 0"),
         (["--max-steps", "0"], "--max-steps must be >= 1"),

@@ -581,6 +581,10 @@ def resolve_arguments(args: argparse.Namespace) -> None:
     """Fill the workload's defaults and check every option (ValueError, one line)."""
     race = RACES[args.workload]
     args.target_metric = args.target_metric or race.metric
+    _require(
+        args.target_metric != "val_error" or get_workload(args.workload).classification,
+        f"--target-metric val_error: {args.workload} is not a classifier; use train_loss",
+    )
     if args.target is None:
         args.target = race.target if args.target_metric == race.metric else None
     _require(
