@@ -64,11 +64,10 @@ def test_time_to_target_writes_results_and_figure(tmp_path, capsys):
     out = tmp_path / "ttt"
     code = main(
         ["bench", "time-to-target", "--batch", "32", "--max-steps", "3"]
-        + ["--target", "1", "--report-targets", "--adam-lrs", "1e-3"]
-        + ["--momentum-lrs", "--kl-clips", "--dampings", "1.0"]
-        + ["--variant-damping", "0", "--out", str(out), "--json"]
+        + ["--target", "1", "--report-targets", "--families", "adam", "kfac"]
+        + ["--grid-size", "1", "--variant-damping", "0", "--out", str(out), "--json"]
     )
     assert code == 0
     results = _json_line(capsys)
-    assert "1.0" in results["targets"]
-    assert (out / "results.json").exists() and (out / "kfac_time_to_target.png").exists()
+    assert results["target"] == {"metric": "train_loss", "value": 1.0}
+    assert (out / "results.json").exists() and (out / "time_to_target.png").exists()

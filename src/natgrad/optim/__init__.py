@@ -3,6 +3,7 @@
 from natgrad.optim.first_order import SGD, Adam, Momentum, NAdam, Nesterov, RMSProp
 from natgrad.optim.kfac import KFAC  # noqa: E402  (second-order; registers "kfac")
 from natgrad.optim.natural_gradient import NaturalGradient  # noqa: E402  (registers "ngd")
+from natgrad.optim.peers import MuonAdamW  # noqa: E402  (adamw, muon, soap, shampoo)
 from natgrad.optim.registry import OPTIMIZERS, get_optimizer_spec, register_optimizer
 from natgrad.optim.schedules import (
     SCHEDULE_HYPERPARAMETERS,
@@ -17,6 +18,7 @@ __all__ = [
     "SGD",
     "Adam",
     "Momentum",
+    "MuonAdamW",
     "NAdam",
     "NaturalGradient",
     "Nesterov",

@@ -56,6 +56,14 @@ class OptimizerSpec:
     second_order: bool = False
     # N ranks on shards of a batch, gradients averaged, step as one process on the batch
     data_parallel: bool = True
+    # why it cannot be built here (an optional package absent), or None
+    unavailable: Callable[[], str | None] | None = None
+
+    def check_available(self) -> None:
+        """ValueError (one line: what to install) if the optimizer cannot be built here."""
+        reason = self.unavailable() if self.unavailable is not None else None
+        if reason is not None:
+            raise ValueError(reason)
 
     def defaults(self) -> dict[str, HyperValue]:
         return {h.name: h.default for h in self.hyperparameters}

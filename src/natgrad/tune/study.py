@@ -77,7 +77,7 @@ class StudySpec:
     def validate(self) -> None:
         """Raise ValueError naming the bad field (unknown names, steps < 1, seed < 0)."""
         get_workload(self.workload)
-        get_optimizer_spec(self.optimizer)
+        get_optimizer_spec(self.optimizer).check_available()
         self.search_space()
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
