@@ -44,6 +44,7 @@ from natgrad.train.checkpoint import (
     write_atomically,
 )
 from natgrad.train.config import RunConfig
+from natgrad.train.lock import LOCK_NAME, RunFolderLock, RunFolderLocked, check_unlocked
 from natgrad.train.progress import Progress
 from natgrad.workloads import Workload, WorkloadData, get_workload
 
@@ -201,16 +202,48 @@ def prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:
 
     ``overwrite`` removes only a run's own files, and only from a folder that holds
     nothing else: pointing ``--out`` at a folder of other work never deletes it.
+    Called with the folder's lock held (:func:`lock_run_folder`).
     """
-    check_run_folder(out_dir, None, resume, overwrite)
-    if out_dir.exists() and any(out_dir.iterdir()) and overwrite:
+    check_run_folder_contents(out_dir, None, resume, overwrite)
+    if overwrite and folder_entries(out_dir):
         remove_run_files(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
+def folder_entries(out_dir: Path) -> list[Path]:
+    """What ``out_dir`` holds besides its lock file (nothing when it does not exist)."""
+    if not out_dir.is_dir():
+        return []
+    return [entry for entry in out_dir.iterdir() if entry.name != LOCK_NAME]
+
+
 def check_run_folder(out_dir: Path, resolved: dict | None, resume: bool, overwrite: bool) -> None:
-    """RunFolderError if ``out_dir`` cannot be used as asked (touches nothing); with a
-    ``resolved`` config, a run to resume must have the same settings."""
+    """RunFolderError if ``out_dir`` cannot be used as asked (touches nothing): another
+    process runs in it, or it holds files; with a ``resolved`` config, a run to resume
+    must have the same settings."""
+    check_run_folder_contents(out_dir, resolved, resume, overwrite)
+    try:
+        check_unlocked(out_dir)
+    except RunFolderLocked as locked:
+        raise RunFolderError(str(locked)) from None
+
+
+def lock_run_folder(out_dir: Path) -> RunFolderLock:
+    """Create ``out_dir`` if needed and take its lock; RunFolderError naming the pid and
+    host of the process that holds it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunFolderLock(out_dir)
+    try:
+        lock.acquire()
+    except RunFolderLocked as locked:
+        raise RunFolderError(str(locked)) from None
+    return lock
+
+
+def check_run_folder_contents(
+    out_dir: Path, resolved: dict | None, resume: bool, overwrite: bool
+) -> None:
+    """RunFolderError if the files in ``out_dir`` forbid the use asked (touches nothing)."""
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite exclude each other: choose one")
     if folder_kind(out_dir) == "study":
@@ -218,7 +251,7 @@ def check_run_folder(out_dir: Path, resolved: dict | None, resume: bool, overwri
             f"{out_dir} is a study folder of `natgrad tune` or `natgrad compare`, not a "
             "training run; pass another --out"
         )
-    if not (out_dir.exists() and any(out_dir.iterdir())):
+    if not folder_entries(out_dir):
         return
     if overwrite:
         check_only_run_files(out_dir)
@@ -233,7 +266,7 @@ def check_run_folder(out_dir: Path, resolved: dict | None, resume: bool, overwri
 
 def check_only_run_files(out_dir: Path) -> None:
     """RunFolderError if ``out_dir`` holds anything that is not part of a natgrad run."""
-    entries = list(out_dir.iterdir())
+    entries = folder_entries(out_dir)
     foreign = sorted(p.name for p in entries if p.name not in RUN_FILES and p.suffix != ".tmp")
     if foreign:
         raise RunFolderError(
@@ -245,7 +278,7 @@ def check_only_run_files(out_dir: Path) -> None:
 def remove_run_files(out_dir: Path) -> None:
     """Delete a previous run from ``out_dir``; RunFolderError if anything else is there."""
     check_only_run_files(out_dir)
-    for entry in list(out_dir.iterdir()):
+    for entry in folder_entries(out_dir):
         if entry.is_dir():
             shutil.rmtree(entry)
         else:
@@ -328,6 +361,7 @@ class Run:
         )
         self.state = LoopState()
         self.history: list[dict] = []
+        self.lock: RunFolderLock | None = None
         # Losses stay on the device between read-backs: every step on the CPU (where a
         # read costs nothing), every LOSS_READBACK_EVERY steps and at evaluations,
         # checkpoints and signals on an accelerator, so steps do not wait for the host.
@@ -369,7 +403,23 @@ class Run:
             self._restore(checkpoint, load_checkpoint(checkpoint))
 
     def _open_folder(self, resume: bool, overwrite: bool) -> None:
-        # Everything is checked (settings, checkpoint) before any file is changed.
+        """Lock the folder first, then check everything (settings, checkpoint) before any
+        other file is changed; the lock is held until :meth:`run` returns."""
+        check_run_folder(self.out_dir, None, resume, overwrite)
+        self.lock = lock_run_folder(self.out_dir)
+        try:
+            self._prepare_locked_folder(resume, overwrite)
+        except BaseException:
+            self.release_folder()
+            raise
+
+    def release_folder(self) -> None:
+        """Drop the run folder's lock (another process may then resume the run)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _prepare_locked_folder(self, resume: bool, overwrite: bool) -> None:
         prepare_run_folder(self.out_dir, resume, overwrite)
         checkpoint = self.out_dir / CHECKPOINT_NAME
         if resume and (self.out_dir / "config.json").exists():
@@ -478,6 +528,14 @@ class Run:
 
     # -- the loop ---------------------------------------------------------------------
     def run(self) -> RunResult:
+        """Train to the configured number of steps (or a signal, or divergence); the run
+        folder's lock is released on return."""
+        try:
+            return self._run()
+        finally:
+            self.release_folder()
+
+    def _run(self) -> RunResult:
         total = self.resolved["steps"]
         flag = SignalFlag()
         progress = Progress(total, self.state.step, self.show_progress, self.resolved["workload"])
