@@ -132,6 +132,7 @@ def train_on_this_rank(args: argparse.Namespace, config) -> int:
     """One rank of a torchrun launch: join the process group, train, leave."""
     from natgrad.distributed import launch
 
+    launch.stop_when_launcher_dies()
     launch.join_process_group(launch.rank_device(config.device), args.dist_timeout)
     try:
         return train_and_report(args, config, quiet=launch.environment_rank() != 0)

@@ -10,12 +10,17 @@ on several machines (docs/DISTRIBUTED.md).
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 DEFAULT_TIMEOUT_S = 300.0
+LAUNCHER_PID_VARIABLE = "NATGRAD_LAUNCHER_PID"
+LAUNCHER_POLL_S = 0.5
 
 
 def launched_by_torchrun() -> bool:
@@ -50,6 +55,27 @@ def join_process_group(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Non
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
 
 
+def stop_when_launcher_dies(poll_s: float = LAUNCHER_POLL_S) -> None:
+    """Send this rank SIGTERM (a checkpoint, then exit) once the process that started it
+    is gone, so that no orphaned rank goes on writing a run folder.
+
+    A rank started by :func:`launch` knows its launcher's pid from the environment; one
+    started by another launcher watches the parent it was born with. A watching thread
+    compares ``os.getppid()`` with it every ``poll_s`` seconds.
+    """
+    launcher = int(os.environ.get(LAUNCHER_PID_VARIABLE, os.getppid()))
+    if os.getppid() != launcher:  # the launcher died before this rank got here
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="natgrad-launcher-watch", daemon=True).start()
+
+
 def leave_process_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -66,6 +92,7 @@ def launch(nproc: int, argv: list[str]) -> int:
         ["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "-m", "natgrad.cli"]
         + list(argv)
     )
+    os.environ[LAUNCHER_PID_VARIABLE] = str(os.getpid())
     try:
         run(arguments)
     except ChildFailedError as failure:
@@ -84,5 +111,6 @@ __all__ = [
     "rank_device",
     "join_process_group",
     "leave_process_group",
+    "stop_when_launcher_dies",
     "launch",
 ]
