@@ -89,3 +89,22 @@ def test_ranks_stop_with_a_checkpoint_when_the_launcher_is_killed(tmp_path):
     assert summary["status"] == "interrupted"
     steps = [record["step"] for record in load_lines(out / "metrics.jsonl")]
     assert steps == sorted(set(steps)) and steps[-1] <= summary["step"]
+
+
+def test_ctrl_c_stops_every_rank_like_one_process(tmp_path):
+    out = tmp_path / "run"
+    launcher = start_launcher(out)
+    wait_for_training(out, launcher)
+    os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    try:
+        status = launcher.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        raise
+    output = launcher_output(out)
+    assert status == 130, output[-2000:]
+    for noise in ("Traceback", "SignalException", "WARNING", "failed"):
+        assert noise not in output, output[-2000:]
+    assert "interrupted at step" in output
+    summary = load_file(out / "summary.json")
+    assert summary["status"] == "interrupted" and summary["nproc"] == 2

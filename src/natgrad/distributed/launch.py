@@ -9,6 +9,7 @@ on several machines (docs/DISTRIBUTED.md).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -21,6 +22,7 @@ import torch.distributed as dist
 DEFAULT_TIMEOUT_S = 300.0
 LAUNCHER_PID_VARIABLE = "NATGRAD_LAUNCHER_PID"
 LAUNCHER_POLL_S = 0.5
+INTERRUPTED_STATUS = 130  # a rank's status after a signal stopped its run
 
 
 def launched_by_torchrun() -> bool:
@@ -82,7 +84,13 @@ def leave_process_group() -> None:
 
 
 def launch(nproc: int, argv: list[str]) -> int:
-    """Run ``natgrad ARGV`` on ``nproc`` local ranks with torchrun; the exit status."""
+    """Run ``natgrad ARGV`` on ``nproc`` local ranks with torchrun; the exit status.
+
+    Ctrl-C (SIGINT) or SIGTERM reaches the ranks, which checkpoint and stop; the launcher
+    waits for them and exits with 128 + the signal number (130 for Ctrl-C), printing no
+    traceback. torchrun's own log lines are kept to errors.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -93,12 +101,19 @@ def launch(nproc: int, argv: list[str]) -> int:
         + list(argv)
     )
     os.environ[LAUNCHER_PID_VARIABLE] = str(os.getpid())
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default, without its warning
+    logging.getLogger("torch.distributed").setLevel(logging.ERROR)
     try:
         run(arguments)
+    except SignalException as stopped:  # the ranks got the signal too and have stopped
+        return 128 + int(stopped.sigval)
     except ChildFailedError as failure:
+        codes = [f.exitcode for _, f in sorted(failure.failures.items())]
+        if all(code == INTERRUPTED_STATUS for code in codes):  # interrupted, said by rank 0
+            return INTERRUPTED_STATUS
         ranks = ", ".join(str(rank) for rank in sorted(failure.failures))
-        codes = ", ".join(str(f.exitcode) for _, f in sorted(failure.failures.items()))
-        print(f"natgrad: rank(s) {ranks} of {nproc} failed (exit status {codes})")
+        print(f"natgrad: rank(s) {ranks} of {nproc} failed (exit status "
+              f"{', '.join(map(str, codes))})")  # fmt: skip
         return 1
     return 0
 
