@@ -108,3 +108,14 @@ def test_ctrl_c_stops_every_rank_like_one_process(tmp_path):
     assert "interrupted at step" in output
     summary = load_file(out / "summary.json")
     assert summary["status"] == "interrupted" and summary["nproc"] == 2
+
+
+@pytest.mark.parametrize("seconds", ["nan", "inf", "-inf", "1e30", "0.001", "0", "-5"])
+def test_an_impossible_dist_timeout_is_one_line_and_exit_2(seconds, tmp_path, capsys):
+    from natgrad.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", *ARGS, "--out", str(out), f"--dist-timeout={seconds}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--dist-timeout must be a finite number" in err, err
+    assert not out.exists()
