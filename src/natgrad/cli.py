@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     from natgrad.distributed import RankFailure
-    from natgrad.train.runner import RunFolderError
+    from natgrad.train.runner import RunFolderError, RunWriteError
 
     try:
         set_threads(args.threads)
@@ -409,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, UsageError, RunFolderError, OSError) as error:
         print(f"natgrad {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RunWriteError as failure:
+        print(f"natgrad {args.command}: error: {failure}", file=sys.stderr)
+        return 1
     except RankFailure as failure:
         print(f"natgrad {args.command}: {failure}", file=sys.stderr)
         return 1

@@ -75,8 +75,12 @@ class RunFolderLock:
             else:  # its holder removed the file as it released it: lock the new one
                 os.close(descriptor)
         holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
-        os.ftruncate(self._descriptor, 0)
-        os.pwrite(self._descriptor, holder.encode() + b"\n", 0)
+        try:
+            os.ftruncate(self._descriptor, 0)
+            os.pwrite(self._descriptor, holder.encode() + b"\n", 0)
+        except BaseException:  # a full disk, say: leave no lock behind
+            self.release()
+            raise
 
     def _still_linked(self, descriptor: int) -> bool:
         try:

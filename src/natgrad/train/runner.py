@@ -38,6 +38,7 @@ from natgrad.optim.registry import BuildContext, OptimizerSpec, get_optimizer_sp
 from natgrad.optim.schedules import build_schedule, split_schedule_hyperparameters
 from natgrad.train.checkpoint import (
     CheckpointError,
+    CheckpointWriteError,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
@@ -56,6 +57,11 @@ _DATA_CACHE: dict[tuple[str, str | None, str], WorkloadData] = {}
 
 class RunFolderError(RuntimeError):
     """The output folder cannot be used as asked (it holds a run, or its config differs)."""
+
+
+class RunWriteError(RuntimeError):
+    """A run could not write its folder (a full disk, say) and stopped; its summary says
+    so and its last checkpoint is intact."""
 
 
 @dataclass
@@ -362,6 +368,7 @@ class Run:
         self.state = LoopState()
         self.history: list[dict] = []
         self.lock: RunFolderLock | None = None
+        self.checkpoint_step: int | None = None  # the step of the checkpoint on disk
         # Losses stay on the device between read-backs: every step on the CPU (where a
         # read costs nothing), every LOSS_READBACK_EVERY steps and at evaluations,
         # checkpoints and signals on an accelerator, so steps do not wait for the host.
@@ -426,8 +433,11 @@ class Run:
             check_same_config(self.out_dir, self.resolved)
         if resume and checkpoint.exists():
             self._restore(checkpoint, load_checkpoint(checkpoint))
+            self.checkpoint_step = self.state.step
         else:
             (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
+        # A summary describes a finished run: none while this one is under way.
+        (self.out_dir / "summary.json").unlink(missing_ok=True)
         write_json(self.out_dir / "config.json", self.resolved)
         self._rewrite_metrics()
 
@@ -473,6 +483,7 @@ class Run:
             "settings": json.loads(json_dumps(self.resolved)),
         }
         write_atomically(self.out_dir / CHECKPOINT_NAME, payload)
+        self.checkpoint_step = self.state.step
 
     # -- evaluation -------------------------------------------------------------------
     def measure(self) -> dict:
@@ -532,8 +543,34 @@ class Run:
         folder's lock is released on return."""
         try:
             return self._run()
+        except (OSError, CheckpointWriteError) as error:
+            if not self.writes:
+                raise
+            raise self._failed_write(error) from None
         finally:
             self.release_folder()
+
+    def _failed_write(self, error: Exception) -> RunWriteError:
+        """Record in summary.json that the run stopped because a file could not be written
+        (or remove a stale summary if even that fails), and say what is kept."""
+        kept = (
+            f"the checkpoint of step {self.checkpoint_step} is kept: free space and pass "
+            "--resume to continue from it"
+            if self.checkpoint_step is not None
+            else "no checkpoint was written"
+        )
+        summary = {
+            "status": "failed",
+            "step": self.state.step,
+            "checkpoint_step": self.checkpoint_step,
+            "last_recorded_step": self.history[-1]["step"] if self.history else None,
+            "error": str(error),
+        }
+        try:
+            write_json(self.out_dir / "summary.json", summary)
+        except OSError:
+            (self.out_dir / "summary.json").unlink(missing_ok=True)
+        return RunWriteError(f"{error}; the run stopped at step {self.state.step}, {kept}")
 
     def _run(self) -> RunResult:
         total = self.resolved["steps"]
