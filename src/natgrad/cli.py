@@ -85,6 +85,7 @@ def add_train_parser(commands) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from natgrad.distributed import launch
 
+    check_dist_timeout(args.dist_timeout)
     config = train_config(args)
     if launch.launched_by_torchrun():
         return train_on_this_rank(args, config)
@@ -93,6 +94,19 @@ def run_train(args: argparse.Namespace) -> int:
     if args.nproc > 1:
         return launch_ranks(args, config)
     return train_and_report(args, config)
+
+
+DIST_TIMEOUT_RANGE_S = (1.0, 7 * 24 * 3600.0)
+
+
+def check_dist_timeout(seconds: float) -> None:
+    """UsageError unless ``seconds`` is a finite time torch's process group can wait."""
+    low, high = DIST_TIMEOUT_RANGE_S
+    if not low <= seconds <= high:  # False for NaN as well
+        raise UsageError(
+            f"--dist-timeout must be a finite number of seconds from {low:g} to {high:g} "
+            f"(one week), got {seconds}"
+        )
 
 
 def train_config(args: argparse.Namespace):
@@ -120,8 +134,6 @@ def launch_ranks(args: argparse.Namespace, config) -> int:
     from natgrad.optim.registry import get_optimizer_spec
     from natgrad.train.runner import check_run_folder, check_shardable
 
-    if args.dist_timeout <= 0:
-        raise UsageError(f"--dist-timeout must be > 0 seconds, got {args.dist_timeout}")
     resolved = config.resolved()
     check_shardable(resolved, get_optimizer_spec(config.optimizer), args.nproc)
     check_run_folder(Path(args.out), resolved, args.resume, args.overwrite)
@@ -132,6 +144,7 @@ def train_on_this_rank(args: argparse.Namespace, config) -> int:
     """One rank of a torchrun launch: join the process group, train, leave."""
     from natgrad.distributed import launch
 
+    launch.stop_when_launcher_dies()
     launch.join_process_group(launch.rank_device(config.device), args.dist_timeout)
     try:
         return train_and_report(args, config, quiet=launch.environment_rank() != 0)
@@ -388,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     from natgrad.distributed import RankFailure
-    from natgrad.train.runner import RunFolderError
+    from natgrad.train.runner import RunFolderError, RunWriteError
 
     try:
         set_threads(args.threads)
@@ -396,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, UsageError, RunFolderError, OSError) as error:
         print(f"natgrad {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RunWriteError as failure:
+        print(f"natgrad {args.command}: error: {failure}", file=sys.stderr)
+        return 1
     except RankFailure as failure:
         print(f"natgrad {args.command}: {failure}", file=sys.stderr)
         return 1

@@ -30,7 +30,7 @@ def test_inversion_prints_one_json_line_with_both_times(capsys):
     ("arguments", "message"),
     [
         (["--in", "100", "--channels", "8"], "not a whole number of --channels 8 maps"),
-        (["--repeats", "0"], "--repeats must be >= 1"),
+        (["--repeats", "0"], "--repeats must be an integer >= 1"),
         (["--device", "tpu"], "use cpu or cuda"),
     ],
 )

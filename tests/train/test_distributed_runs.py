@@ -56,7 +56,7 @@ def test_two_ranks_then_one_resumes_like_one_process_all_along(tmp_path):
     [
         (["--nproc", "0"], "--nproc must be an integer >= 1, got 0"),
         (["--nproc", "3"], "batch_size 64 is not divisible by --nproc 3"),
-        (["--nproc", "2", "--dist-timeout", "0"], "--dist-timeout must be > 0 seconds"),
+        (["--nproc", "2", "--dist-timeout", "0"], "--dist-timeout must be a finite"),
     ],
 )
 def test_bad_rank_settings_are_one_line_and_exit_2(extra, message, tmp_path, capsys):

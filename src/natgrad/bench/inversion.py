@@ -17,6 +17,12 @@ import os
 
 import torch
 
+from natgrad.bench.arguments import (
+    check_fits_in_memory,
+    finite_non_negative_float,
+    non_negative_int,
+    positive_int,
+)
 from natgrad.bench.registry import Benchmark, register_benchmark
 from natgrad.bench.timing import alternating_times, check_device, default_device, summary
 from natgrad.precondition.doubly_factored import DoublyFactoredPreconditioner
@@ -61,10 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check(args: argparse.Namespace) -> tuple[int, int]:
     options = {"inputs": "--in", "outputs": "--out", "channels": "--channels"}
     for name, option in {**options, "repeats": "--repeats"}.items():
-        if getattr(args, name) < 1:
-            raise ValueError(f"{option} must be >= 1, got {getattr(args, name)}")
-    if args.warmup < 0:
-        raise ValueError("--warmup must be >= 0")
+        positive_int(option, getattr(args, name))
+    non_negative_int("--warmup", args.warmup)
+    finite_non_negative_float("--damping", args.damping)
     if args.inputs % args.channels:
         raise ValueError(
             f"--in {args.inputs} is not a whole number of --channels {args.channels} maps"
@@ -72,9 +77,24 @@ def _check(args: argparse.Namespace) -> tuple[int, int]:
     return args.channels, args.inputs // args.channels
 
 
+def estimated_bytes(inputs: int, outputs: int, channels: int, locations: int) -> int:
+    """float32 bytes the benchmark holds at once: A, G and their inverses or Cholesky
+    factors (with a workspace each), K, Psi and G again for the doubly-factored layer,
+    and a gradient V with the two preconditioned copies."""
+    full = 3 * (inputs + 1) ** 2 + 3 * outputs**2
+    doubly = 3 * (channels**2 + locations**2) + 3 * outputs**2
+    gradients = 3 * outputs * (inputs + 1)
+    return 4 * (full + doubly + gradients)
+
+
 def run(args: argparse.Namespace) -> dict:
     channels, locations = _check(args)
     device = check_device(args.device)
+    check_fits_in_memory(
+        f"a layer of --in {args.inputs} and --out {args.outputs}",
+        estimated_bytes(args.inputs, args.outputs, channels, locations),
+        device,
+    )
     generator = torch.Generator().manual_seed(0)
     G = random_factor(args.outputs, generator, device)
     full = KroneckerPreconditioner("cholesky")

@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 import natgrad.curvature.statistics as statistics_module
+from natgrad.bench.arguments import non_negative_int, positive_int
 from natgrad.bench.registry import Benchmark, register_benchmark
 from natgrad.bench.timing import check_device, default_device, peak_rss_mib, summary, timed
 from natgrad.curvature.likelihoods import get_likelihood
@@ -312,8 +313,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """ValueError naming the first option out of range (before any data is loaded)."""
+    for batch in args.batches:
+        positive_int("--batches", batch)
+    positive_int("--steps", args.steps)
+    non_negative_int("--warmup", args.warmup)
+    positive_int("--memory-steps", args.memory_steps)
+    if not args.kfacs:
+        raise ValueError("--kfacs must name at least one K-FAC preset")
+
+
 def run(args: argparse.Namespace) -> dict:
     """Step times (and the breakdown and memory when asked) at every batch size."""
+    check_arguments(args)
     args.device = check_device(args.device)
     if args.memory and args.device.type != "cpu":
         raise ValueError("--memory measures host memory: use it with --device cpu")

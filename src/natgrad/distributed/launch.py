@@ -9,13 +9,20 @@ on several machines (docs/DISTRIBUTED.md).
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import threading
+import time
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 DEFAULT_TIMEOUT_S = 300.0
+LAUNCHER_PID_VARIABLE = "NATGRAD_LAUNCHER_PID"
+LAUNCHER_POLL_S = 0.5
+INTERRUPTED_STATUS = 130  # a rank's status after a signal stopped its run
 
 
 def launched_by_torchrun() -> bool:
@@ -50,13 +57,40 @@ def join_process_group(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Non
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
 
 
+def stop_when_launcher_dies(poll_s: float = LAUNCHER_POLL_S) -> None:
+    """Send this rank SIGTERM (a checkpoint, then exit) once the process that started it
+    is gone, so that no orphaned rank goes on writing a run folder.
+
+    A rank started by :func:`launch` knows its launcher's pid from the environment; one
+    started by another launcher watches the parent it was born with. A watching thread
+    compares ``os.getppid()`` with it every ``poll_s`` seconds.
+    """
+    launcher = int(os.environ.get(LAUNCHER_PID_VARIABLE, os.getppid()))
+    if os.getppid() != launcher:  # the launcher died before this rank got here
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="natgrad-launcher-watch", daemon=True).start()
+
+
 def leave_process_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
 def launch(nproc: int, argv: list[str]) -> int:
-    """Run ``natgrad ARGV`` on ``nproc`` local ranks with torchrun; the exit status."""
+    """Run ``natgrad ARGV`` on ``nproc`` local ranks with torchrun; the exit status.
+
+    Ctrl-C (SIGINT) or SIGTERM reaches the ranks, which checkpoint and stop; the launcher
+    waits for them and exits with 128 + the signal number (130 for Ctrl-C), printing no
+    traceback. torchrun's own log lines are kept to errors.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -66,12 +100,20 @@ def launch(nproc: int, argv: list[str]) -> int:
         ["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "-m", "natgrad.cli"]
         + list(argv)
     )
+    os.environ[LAUNCHER_PID_VARIABLE] = str(os.getpid())
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default, without its warning
+    logging.getLogger("torch.distributed").setLevel(logging.ERROR)
     try:
         run(arguments)
+    except SignalException as stopped:  # the ranks got the signal too and have stopped
+        return 128 + int(stopped.sigval)
     except ChildFailedError as failure:
+        codes = [f.exitcode for _, f in sorted(failure.failures.items())]
+        if all(code == INTERRUPTED_STATUS for code in codes):  # interrupted, said by rank 0
+            return INTERRUPTED_STATUS
         ranks = ", ".join(str(rank) for rank in sorted(failure.failures))
-        codes = ", ".join(str(f.exitcode) for _, f in sorted(failure.failures.items()))
-        print(f"natgrad: rank(s) {ranks} of {nproc} failed (exit status {codes})")
+        print(f"natgrad: rank(s) {ranks} of {nproc} failed (exit status "
+              f"{', '.join(map(str, codes))})")  # fmt: skip
         return 1
     return 0
 
@@ -84,5 +126,6 @@ __all__ = [
     "rank_device",
     "join_process_group",
     "leave_process_group",
+    "stop_when_launcher_dies",
     "launch",
 ]

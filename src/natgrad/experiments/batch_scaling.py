@@ -148,6 +148,14 @@ class ScalingStudySpec(StudySpec):
             )
         if not math.isfinite(self.target):
             raise ValueError(f"--target must be a finite number, got {self.target!r}")
+        cannot_be_negative = self.target_metric == "val_error" or (
+            get_workload(self.workload).classification  # a cross-entropy is >= 0
+        )
+        if cannot_be_negative and self.target < 0:
+            raise ValueError(
+                f"--target must be >= 0 for {self.target_metric} of {self.workload} "
+                f"(no trial can reach {self.target!r})"
+            )
         if not self.eval_ratio > 1.0:
             raise ValueError(f"eval_ratio must be > 1, got {self.eval_ratio!r}")
 
@@ -431,6 +439,7 @@ def measure(
     results["storage"] = redact(url)
     results["seconds_this_run"] = time.perf_counter() - started
     results["cpu_seconds_this_run"] = time.process_time() - cpu_started  # this process only
+    write_results(out_dir, results)  # the measurements are kept even if a figure fails
     results["figures"] = sorted(p.name for p in write_scaling_figures(results, out_dir).values())
     write_results(out_dir, results)
     return results

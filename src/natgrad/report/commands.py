@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 RESULTS_KEYS = ("config", "studies", "ranking", "inclusion", "rank_flips", "warnings")
+SCALING_KEYS = ("optimizers", "curves", "critical", "target")
 
 
 def read_results(folder: Path) -> dict:
@@ -17,9 +18,16 @@ def read_results(folder: Path) -> dict:
             f"{folder} holds no results.json; run `natgrad compare --out {folder}` first"
         )
     try:
-        return json.loads(path.read_text())
+        results = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file (not the results of natgrad)") from None
+    if not isinstance(results, dict):
+        raise ValueError(
+            f"{path} holds a JSON {type(results).__name__}, not the object natgrad writes"
+        )
+    return results
 
 
 def write_results_report(folder: Path) -> dict[str, Path]:
@@ -29,6 +37,12 @@ def write_results_report(folder: Path) -> dict[str, Path]:
 
     results = read_results(folder)
     if is_scaling_results(results):
+        missing = [key for key in SCALING_KEYS if key not in results]
+        if missing:
+            raise ValueError(
+                f"{Path(folder) / 'results.json'} lacks {', '.join(missing)}: not the results "
+                f"of `natgrad experiment {results['experiment']}`; run it again"
+            )
         return write_scaling_report(results, folder)
     return write_report(load_results(folder), folder)
 

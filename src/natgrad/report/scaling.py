@@ -47,6 +47,24 @@ def _reached(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [b for b, _ in pairs], [v for _, v in pairs]
 
 
+def _unreached(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """Batch sizes that never reached the target, at their budget (steps, or examples =
+    B x steps): the true value lies above it."""
+    pairs = [
+        (row["batch_size"], row["budget"] * (row["batch_size"] if key == "examples" else 1))
+        for row in rows
+        if row.get(key) is None and row.get("budget")
+    ]
+    return [b for b, _ in pairs], [v for _, v in pairs]
+
+
+def _mark_unreached(axis, rows: list[dict], key: str, colour) -> None:
+    """Open upward triangles at the budget of the batch sizes that missed the target."""
+    batches, bounds = _unreached(rows, key)
+    if batches:
+        axis.plot(batches, bounds, "^", color=colour, markerfacecolor="none", linestyle="none")
+
+
 def _save(figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=FIGURE_DPI)
@@ -55,6 +73,11 @@ def _save(figure, path: Path) -> Path:
 
 
 def _log_axes(axis, xlabel: str, ylabel: str, title: str) -> None:
+    if not any(len(line.get_xdata()) for line in axis.get_lines()):  # nothing to scale
+        axis.text(0.5, 0.5, "no batch size reached the target", ha="center",
+                  transform=axis.transAxes)  # fmt: skip
+        axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        return
     axis.set_xscale("log", base=2)
     axis.set_yscale("log")
     axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
@@ -77,13 +100,19 @@ def steps_figure(results: dict, path: Path) -> Path:
         rows, critical, colour = results["curves"][name], results["critical"][name], _colour(index)
         batches, steps = _reached(rows, "steps")
         axis.plot(batches, steps, "o-", color=colour, label=f"{label} (B_crit {_crit(critical)})")
+        _mark_unreached(axis, rows, "steps", colour)
         minimum = critical.get("reference_examples")
         if minimum:
             every = [row["batch_size"] for row in rows]
             axis.plot(every, [minimum / b for b in every], ":", color=colour, linewidth=1)
         _mark_critical(axis, critical, colour)
     _log_axes(axis, "batch size B", "steps to the target", _title(results, "steps"))
-    axis.legend(fontsize=8, title="dotted: perfect scaling; vertical: B_crit", title_fontsize=7)
+    axis.legend(
+        fontsize=8,
+        title="dotted: perfect scaling; vertical: B_crit; open triangle: target not reached "
+        "within the budget",
+        title_fontsize=7,
+    )
     return _save(figure, path)
 
 
@@ -94,12 +123,17 @@ def examples_figure(results: dict, path: Path) -> Path:
         rows, critical, colour = results["curves"][name], results["critical"][name], _colour(index)
         batches, examples = _reached(rows, "examples")
         axis.plot(batches, examples, "o-", color=colour, label=label)
+        _mark_unreached(axis, rows, "examples", colour)
         minimum = critical.get("reference_examples")
         if minimum:
             axis.axhline(2 * minimum, color=colour, linestyle=":", linewidth=0.8)
         _mark_critical(axis, critical, colour)
     _log_axes(axis, "batch size B", "examples to the target (B x steps)", _title(results, "ex"))
-    axis.legend(fontsize=8, title="dotted: 2 x minimum examples", title_fontsize=7)
+    axis.legend(
+        fontsize=8,
+        title="dotted: 2 x minimum examples; open triangle: not reached within the budget",
+        title_fontsize=7,
+    )
     return _save(figure, path)
 
 

@@ -18,9 +18,36 @@ import torch
 from natgrad.jsonio import replace_atomically
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (a full disk, say); the previous one is intact."""
+
+
 def write_atomically(path: Path, payload: Any) -> None:
-    """Save ``payload`` to a temporary file beside ``path``, fsync it, then rename over ``path``."""
-    replace_atomically(path, lambda stream: torch.save(payload, stream), binary=True, suffix="")
+    """Save ``payload`` to a temporary file beside ``path``, fsync it, then rename over ``path``.
+
+    A failed write (torch wraps the OSError of a full disk in a RuntimeError of its zip
+    writer) raises CheckpointWriteError naming the file and the system's reason; the file
+    at ``path`` is then the previous checkpoint, untouched.
+    """
+    try:
+        replace_atomically(path, lambda stream: torch.save(payload, stream), binary=True, suffix="")
+    except (OSError, RuntimeError) as error:
+        system_error = first_os_error(error)
+        if system_error is None:
+            raise
+        reason = system_error.strerror or str(system_error)
+        raise CheckpointWriteError(f"cannot write checkpoint {path}: {reason}") from None
+
+
+def first_os_error(error: BaseException | None) -> OSError | None:
+    """The first OSError among ``error`` and the exceptions it was raised from or during."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "loop", "rng")

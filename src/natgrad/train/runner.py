@@ -38,12 +38,14 @@ from natgrad.optim.registry import BuildContext, OptimizerSpec, get_optimizer_sp
 from natgrad.optim.schedules import build_schedule, split_schedule_hyperparameters
 from natgrad.train.checkpoint import (
     CheckpointError,
+    CheckpointWriteError,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
     write_atomically,
 )
 from natgrad.train.config import RunConfig
+from natgrad.train.lock import LOCK_NAME, RunFolderLock, RunFolderLocked, check_unlocked
 from natgrad.train.progress import Progress
 from natgrad.workloads import Workload, WorkloadData, get_workload
 
@@ -55,6 +57,11 @@ _DATA_CACHE: dict[tuple[str, str | None, str], WorkloadData] = {}
 
 class RunFolderError(RuntimeError):
     """The output folder cannot be used as asked (it holds a run, or its config differs)."""
+
+
+class RunWriteError(RuntimeError):
+    """A run could not write its folder (a full disk, say) and stopped; its summary says
+    so and its last checkpoint is intact."""
 
 
 @dataclass
@@ -201,16 +208,48 @@ def prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:
 
     ``overwrite`` removes only a run's own files, and only from a folder that holds
     nothing else: pointing ``--out`` at a folder of other work never deletes it.
+    Called with the folder's lock held (:func:`lock_run_folder`).
     """
-    check_run_folder(out_dir, None, resume, overwrite)
-    if out_dir.exists() and any(out_dir.iterdir()) and overwrite:
+    check_run_folder_contents(out_dir, None, resume, overwrite)
+    if overwrite and folder_entries(out_dir):
         remove_run_files(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
+def folder_entries(out_dir: Path) -> list[Path]:
+    """What ``out_dir`` holds besides its lock file (nothing when it does not exist)."""
+    if not out_dir.is_dir():
+        return []
+    return [entry for entry in out_dir.iterdir() if entry.name != LOCK_NAME]
+
+
 def check_run_folder(out_dir: Path, resolved: dict | None, resume: bool, overwrite: bool) -> None:
-    """RunFolderError if ``out_dir`` cannot be used as asked (touches nothing); with a
-    ``resolved`` config, a run to resume must have the same settings."""
+    """RunFolderError if ``out_dir`` cannot be used as asked (touches nothing): another
+    process runs in it, or it holds files; with a ``resolved`` config, a run to resume
+    must have the same settings."""
+    check_run_folder_contents(out_dir, resolved, resume, overwrite)
+    try:
+        check_unlocked(out_dir)
+    except RunFolderLocked as locked:
+        raise RunFolderError(str(locked)) from None
+
+
+def lock_run_folder(out_dir: Path) -> RunFolderLock:
+    """Create ``out_dir`` if needed and take its lock; RunFolderError naming the pid and
+    host of the process that holds it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunFolderLock(out_dir)
+    try:
+        lock.acquire()
+    except RunFolderLocked as locked:
+        raise RunFolderError(str(locked)) from None
+    return lock
+
+
+def check_run_folder_contents(
+    out_dir: Path, resolved: dict | None, resume: bool, overwrite: bool
+) -> None:
+    """RunFolderError if the files in ``out_dir`` forbid the use asked (touches nothing)."""
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite exclude each other: choose one")
     if folder_kind(out_dir) == "study":
@@ -218,7 +257,7 @@ def check_run_folder(out_dir: Path, resolved: dict | None, resume: bool, overwri
             f"{out_dir} is a study folder of `natgrad tune` or `natgrad compare`, not a "
             "training run; pass another --out"
         )
-    if not (out_dir.exists() and any(out_dir.iterdir())):
+    if not folder_entries(out_dir):
         return
     if overwrite:
         check_only_run_files(out_dir)
@@ -233,7 +272,7 @@ def check_run_folder(out_dir: Path, resolved: dict | None, resume: bool, overwri
 
 def check_only_run_files(out_dir: Path) -> None:
     """RunFolderError if ``out_dir`` holds anything that is not part of a natgrad run."""
-    entries = list(out_dir.iterdir())
+    entries = folder_entries(out_dir)
     foreign = sorted(p.name for p in entries if p.name not in RUN_FILES and p.suffix != ".tmp")
     if foreign:
         raise RunFolderError(
@@ -245,7 +284,7 @@ def check_only_run_files(out_dir: Path) -> None:
 def remove_run_files(out_dir: Path) -> None:
     """Delete a previous run from ``out_dir``; RunFolderError if anything else is there."""
     check_only_run_files(out_dir)
-    for entry in list(out_dir.iterdir()):
+    for entry in folder_entries(out_dir):
         if entry.is_dir():
             shutil.rmtree(entry)
         else:
@@ -328,6 +367,8 @@ class Run:
         )
         self.state = LoopState()
         self.history: list[dict] = []
+        self.lock: RunFolderLock | None = None
+        self.checkpoint_step: int | None = None  # the step of the checkpoint on disk
         # Losses stay on the device between read-backs: every step on the CPU (where a
         # read costs nothing), every LOSS_READBACK_EVERY steps and at evaluations,
         # checkpoints and signals on an accelerator, so steps do not wait for the host.
@@ -369,15 +410,34 @@ class Run:
             self._restore(checkpoint, load_checkpoint(checkpoint))
 
     def _open_folder(self, resume: bool, overwrite: bool) -> None:
-        # Everything is checked (settings, checkpoint) before any file is changed.
+        """Lock the folder first, then check everything (settings, checkpoint) before any
+        other file is changed; the lock is held until :meth:`run` returns."""
+        check_run_folder(self.out_dir, None, resume, overwrite)
+        self.lock = lock_run_folder(self.out_dir)
+        try:
+            self._prepare_locked_folder(resume, overwrite)
+        except BaseException:
+            self.release_folder()
+            raise
+
+    def release_folder(self) -> None:
+        """Drop the run folder's lock (another process may then resume the run)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _prepare_locked_folder(self, resume: bool, overwrite: bool) -> None:
         prepare_run_folder(self.out_dir, resume, overwrite)
         checkpoint = self.out_dir / CHECKPOINT_NAME
         if resume and (self.out_dir / "config.json").exists():
             check_same_config(self.out_dir, self.resolved)
         if resume and checkpoint.exists():
             self._restore(checkpoint, load_checkpoint(checkpoint))
+            self.checkpoint_step = self.state.step
         else:
             (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
+        # A summary describes a finished run: none while this one is under way.
+        (self.out_dir / "summary.json").unlink(missing_ok=True)
         write_json(self.out_dir / "config.json", self.resolved)
         self._rewrite_metrics()
 
@@ -423,6 +483,7 @@ class Run:
             "settings": json.loads(json_dumps(self.resolved)),
         }
         write_atomically(self.out_dir / CHECKPOINT_NAME, payload)
+        self.checkpoint_step = self.state.step
 
     # -- evaluation -------------------------------------------------------------------
     def measure(self) -> dict:
@@ -478,6 +539,40 @@ class Run:
 
     # -- the loop ---------------------------------------------------------------------
     def run(self) -> RunResult:
+        """Train to the configured number of steps (or a signal, or divergence); the run
+        folder's lock is released on return."""
+        try:
+            return self._run()
+        except (OSError, CheckpointWriteError) as error:
+            if not self.writes:
+                raise
+            raise self._failed_write(error) from None
+        finally:
+            self.release_folder()
+
+    def _failed_write(self, error: Exception) -> RunWriteError:
+        """Record in summary.json that the run stopped because a file could not be written
+        (or remove a stale summary if even that fails), and say what is kept."""
+        kept = (
+            f"the checkpoint of step {self.checkpoint_step} is kept: free space and pass "
+            "--resume to continue from it"
+            if self.checkpoint_step is not None
+            else "no checkpoint was written"
+        )
+        summary = {
+            "status": "failed",
+            "step": self.state.step,
+            "checkpoint_step": self.checkpoint_step,
+            "last_recorded_step": self.history[-1]["step"] if self.history else None,
+            "error": str(error),
+        }
+        try:
+            write_json(self.out_dir / "summary.json", summary)
+        except OSError:
+            (self.out_dir / "summary.json").unlink(missing_ok=True)
+        return RunWriteError(f"{error}; the run stopped at step {self.state.step}, {kept}")
+
+    def _run(self) -> RunResult:
         total = self.resolved["steps"]
         flag = SignalFlag()
         progress = Progress(total, self.state.step, self.show_progress, self.resolved["workload"])

@@ -20,8 +20,17 @@ import time
 from dataclasses import dataclass, field
 
 import optuna
+from optuna.trial import TrialState
 
-from natgrad.tune.study import StudySpec, counts_as_trial, prepare_studies, trial_status, work
+from natgrad.tune.owner import current_owner
+from natgrad.tune.study import (
+    StudySpec,
+    counts_as_trial,
+    finish_trial,
+    prepare_studies,
+    trial_status,
+    work,
+)
 
 POLL_INTERVAL_S = 1.0
 PARENT_CHECK_S = 1.0
@@ -151,6 +160,9 @@ def stop_when_parent_dies(parent: int, interval: float = PARENT_CHECK_S) -> thre
 
 
 def _worker_main(url: str, specs: list[StudySpec], trials: int, parent: int, runner=None) -> None:
+    """A worker: SIGINT stays ignored (as the launcher started it) until the handlers that
+    record an interrupted trial are installed; a Ctrl-C during its imports reaches the
+    launcher alone, whose SIGTERM then ends the worker without a traceback."""
     import torch
 
     torch.set_num_threads(1)
@@ -260,13 +272,16 @@ def run_workers(
 ) -> None:
     """Spawn the workers and report until they finish; on a signal here, stop them (each
     records its trial as interrupted) and raise KeyboardInterrupt."""
-    processes = spawn_workers(url, specs, trials, workers, runner)
+    processes: list = []
     try:
+        with interrupts_ignored_by_new_processes():  # see _worker_main
+            processes = spawn_workers(url, specs, trials, workers, runner)
         while any(process.is_alive() for process in processes):
             time.sleep(POLL_INTERVAL_S)
             monitor.report()
     except KeyboardInterrupt:
-        stop_workers(processes)
+        killed = stop_workers(processes)
+        record_trials_of_killed_workers(monitor.studies, killed)
         raise
     for process in processes:
         process.join()
@@ -277,19 +292,51 @@ def run_workers(
         raise RuntimeError(f"{len(codes)} worker process(es) failed (exit codes {codes})")
 
 
-def stop_workers(processes: list) -> None:
+@contextlib.contextmanager
+def interrupts_ignored_by_new_processes():
+    """Ignore SIGINT while processes are started (they inherit SIG_IGN through exec, as a
+    signal mask is not), so that a Ctrl-C while a worker imports prints no traceback there;
+    a Ctrl-C in the few milliseconds of the starts themselves is lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def stop_workers(processes: list) -> list[int]:
     """SIGTERM to each live worker (repeated each second, as one may go unheard), then
-    SIGKILL those still alive after WORKER_STOP_TIMEOUT_S."""
+    SIGKILL those still alive after WORKER_STOP_TIMEOUT_S; returns the pids of those."""
     deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
     while time.monotonic() < deadline:
         alive = [process for process in processes if process.is_alive()]
         if not alive:
-            return
+            return []
         for process in alive:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGTERM)
         alive[0].join(PARENT_CHECK_S)
+    killed = []
     for process in processes:
         if process.is_alive():
             process.kill()
+            killed.append(process.pid)
         process.join()
+    return killed
+
+
+def record_trials_of_killed_workers(studies: list[optuna.Study], pids: list[int]) -> None:
+    """Record as interrupted the trials that killed workers (``pids``, on this host) left
+    running, so that none stays running after the command has stopped."""
+    if not pids:
+        return
+    here = current_owner()["host"]
+    for study in studies:
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner = frozen.user_attrs.get("owner") or {}
+            if owner.get("pid") in pids and owner.get("host") == here:
+                trial = optuna.Trial(study, frozen._trial_id)
+                finish_trial(study, trial, "interrupted", "its worker did not stop in time")

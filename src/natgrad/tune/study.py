@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import sys
 import threading
 import time
@@ -393,17 +394,39 @@ def finish_trial(
 ) -> str:
     """Record ``status`` (and its reason) on the trial and tell the study; returns the status
     ("lost" when another process already marked the trial lost)."""
-    trial.set_user_attr("status", status)
-    if reason:
-        trial.set_user_attr("reason", reason)
-    try:
-        if status == "completed":
-            study.tell(trial, value)
-        else:
-            study.tell(trial, state=TrialState.FAIL)
-    except UpdateFinishedTrialError:
-        status = "lost"
+    with signals_deferred():  # a trial half-written stays "running" for good
+        trial.set_user_attr("status", status)
+        if reason:
+            trial.set_user_attr("reason", reason)
+        try:
+            if status == "completed":
+                study.tell(trial, value)
+            else:
+                study.tell(trial, state=TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            status = "lost"
     return status
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold SIGINT and SIGTERM while a trial's state is written (main thread only): one
+    that arrives meanwhile is raised again, to the usual handler, once the write is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {
+        signum: signal.signal(signum, lambda s, _: received.append(s)) for signum in signals
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 TrialRunner = Callable[[optuna.Study, optuna.Trial, StudySpec], str]
@@ -429,15 +452,21 @@ def work(
     done = 0
     while True:
         claimed = None
-        with study_lock(url):
-            for study, spec in zip(studies, specs, strict=True):
-                trial = claim_next_trial(study, trials)
-                if trial is not None:
-                    claimed = (study, trial, spec)
-                    break
-        if claimed is None:
-            return done
-        status = run_claimed(*claimed, runner=runner)
+        try:
+            # A signal during the claim is held until the trial is ours to record.
+            with signals_deferred(), study_lock(url):
+                for study, spec in zip(studies, specs, strict=True):
+                    trial = claim_next_trial(study, trials)
+                    if trial is not None:
+                        claimed = (study, trial, spec)
+                        break
+            if claimed is None:
+                return done
+            status = run_claimed(*claimed, runner=runner)
+        except KeyboardInterrupt:
+            if claimed is not None:
+                record_interrupted(claimed[0], claimed[1])
+            raise
         done += 1
         if on_trial is not None:
             on_trial()
@@ -453,9 +482,15 @@ def run_claimed(
     try:
         return runner(study, trial, spec)
     except BaseException:
-        with contextlib.suppress(Exception):
-            finish_trial(study, trial, "interrupted", "stopped by a signal")
+        record_interrupted(study, trial)
         raise
+
+
+def record_interrupted(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Record ``trial`` as interrupted unless its outcome is already stored."""
+    with contextlib.suppress(Exception):
+        if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+            finish_trial(study, trial, "interrupted", "stopped by a signal")
 
 
 def trial_records(study: optuna.Study, trials: int) -> list[dict]:

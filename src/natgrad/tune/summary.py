@@ -6,6 +6,9 @@ studies were made with) and turned into plain dicts, so the report layer only re
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import sqlite3
 from pathlib import Path
 
 import optuna
@@ -37,6 +40,8 @@ def study_folder_summary(
             "`natgrad tune --storage`; pass the same --storage URL to `natgrad report`"
         )
     url = storage_url(folder, storage)
+    if url.startswith("sqlite:///"):
+        check_study_database(Path(url.removeprefix("sqlite:///")))
     stored = [
         study for study in open_storage(url).get_all_studies() if ATTRS_KEY in study.user_attrs
     ]
@@ -48,10 +53,43 @@ def study_folder_summary(
     }
 
 
+def check_study_database(path: Path) -> None:
+    """ValueError naming ``path`` unless it is an SQLite file holding Optuna's tables; read
+    only, so a report never writes Optuna's schema into an empty or foreign file."""
+    if not path.exists():
+        raise ValueError(f"{path} does not exist; run `natgrad tune` first")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            tables = connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'studies'"
+            ).fetchall()
+    except sqlite3.DatabaseError as error:
+        raise ValueError(f"{path} is not a study database ({error})") from None
+    if not tables:
+        raise ValueError(f"{path} holds no natgrad study (no Optuna tables); run `natgrad tune`")
+
+
+def stored_spec(name: str, attrs: dict) -> StudySpec:
+    """The StudySpec a study recorded; ValueError when it holds settings of another kind."""
+    known = {field.name for field in dataclasses.fields(StudySpec)}
+    unknown = sorted(set(attrs) - known)
+    if "target_metric" in unknown:
+        raise ValueError(
+            f"study {name} belongs to `natgrad experiment batch-scaling`, whose report is made "
+            "from its results.json: run the same experiment command again to write it"
+        )
+    if unknown:
+        raise ValueError(
+            f"study {name} records settings this version of natgrad does not know "
+            f"({', '.join(unknown)}); it was made by another version or another tool"
+        )
+    return StudySpec(**attrs)
+
+
 def summarise_study(url: str, name: str, resamples: int) -> dict:
     """One study: its settings, trial table, failures, recoveries, best trial, best-of-K."""
     study = optuna.load_study(study_name=name, storage=open_storage(url))
-    spec = StudySpec(**study.user_attrs[ATTRS_KEY])
+    spec = stored_spec(name, study.user_attrs[ATTRS_KEY])
     trials = study.get_trials(deepcopy=False)
     indices = [t.user_attrs["point_index"] for t in trials if "point_index" in t.user_attrs]
     records = trial_records(study, max(indices, default=-1) + 1)
