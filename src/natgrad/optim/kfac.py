@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from natgrad.curvature.capture import (
     TrackedLayer,
@@ -78,6 +79,18 @@ from natgrad.precondition.kronecker import KroneckerPreconditioner
 Closure = Callable[[], tuple[Tensor, Tensor]]
 FallbackFactory = Callable[..., torch.optim.Optimizer]
 CHECKPOINT_FORMAT = 2
+# torch.profiler regions of KFAC.step, in step order ("kfac.<phase>").
+STEP_PHASES = (
+    "forward_backward",  # closure, backward, batch statistics (sub-batch), gradient reduction
+    "factor_update",  # factor reduction over ranks, moving average
+    "inverses",  # decompositions when due
+    "precondition",  # V + eta theta, (G + gamma/pi I)^-1 V (A + pi gamma I)^-1
+    "step_rule",  # KL clip and momentum, or alpha, mu; the damping rule's M(d) and penalty
+    "quadratic_model",  # the model's Fisher products (inside step_rule)
+    "apply",  # theta <- theta + d
+    "damping",  # the damping rule's forward at theta + d and lambda's update
+    "fallback",  # the first-order optimizer of the untracked parameters
+)
 DEFAULT_DAMPING_CONFIG = DampingConfig()
 _D = PLAIN_DEFAULTS
 
@@ -258,38 +271,54 @@ class KFAC(torch.optim.Optimizer):
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         """One K-FAC update; returns the closure's loss (detached tensor, no host sync), on
-        several ranks the loss of the whole batch."""
+        several ranks the loss of the whole batch.
+
+        Its phases are torch.profiler regions named by :data:`STEP_PHASES`
+        (``kfac.quadratic_model`` runs inside ``kfac.step_rule``; natgrad.bench.step).
+        """
         if closure is None:
             raise ValueError("KFAC.step needs a closure returning (loss, outputs)")
         group = self.param_groups[0]
         for p in group["params"]:
             p.grad = None
         stats_due = bool(self.layers) and self.steps % self.stat_every == 0
-        loss, outputs, batch_inputs, batch_factors = self.statistics.forward_backward(
-            lambda: closure_result(closure, "KFAC"), stats_due
-        )
+        with record_function("kfac.forward_backward"):
+            loss, outputs, batch_inputs, batch_factors = self.statistics.forward_backward(
+                lambda: closure_result(closure, "KFAC"), stats_due
+            )
         self.steps += 1  # counted once the closure kept its contract
         with torch.no_grad(), no_autocast(loss):
             examples = outputs.shape[0] if outputs.dim() > 0 else 1
-            loss = self.coordinator.reduce_gradients(self.model, group["params"], loss, examples)
+            with record_function("kfac.forward_backward"):
+                loss = self.coordinator.reduce_gradients(
+                    self.model, group["params"], loss, examples
+                )
             if batch_factors is not None:
-                batch_factors = self.coordinator.reduce_factors(batch_factors, examples)
-                self.update_statistics(batch_factors)
+                with record_function("kfac.factor_update"):
+                    batch_factors = self.coordinator.reduce_factors(batch_factors, examples)
+                    self.update_statistics(batch_factors)
             gamma = damping_gamma(group["damping"], group["weight_decay"])
-            self.update_inverses(gamma, force=(self.steps - 1) % self.inv_every == 0)
-            grads = self.gradient_matrices(group["weight_decay"])
-            proposals = self.precondition(grads, gamma)
+            with record_function("kfac.inverses"):
+                self.update_inverses(gamma, force=(self.steps - 1) % self.inv_every == 0)
+            with record_function("kfac.precondition"):
+                grads = self.gradient_matrices(group["weight_decay"])
+                proposals = self.precondition(grads, gamma)
             inputs = StepInputs(grads, proposals, batch_inputs, group)
-            updates, predicted = self._step_rule(inputs)
+            with record_function("kfac.step_rule"):
+                updates, predicted = self._step_rule(inputs)
             adapt_due = self.adapt_damping and self.steps % self.damping_config.interval == 0
             if adapt_due:  # the model and the penalty are taken at theta, before the update
-                if predicted is None:
-                    predicted = self.model_rule.predicted_change(inputs, updates, self._flat)
-                penalty = penalty_change(self._parameter_matrices(), updates, group)
-            self.apply_updates(updates)
+                with record_function("kfac.step_rule"):
+                    if predicted is None:
+                        predicted = self.model_rule.predicted_change(inputs, updates, self._flat)
+                    penalty = penalty_change(self._parameter_matrices(), updates, group)
+            with record_function("kfac.apply"):
+                self.apply_updates(updates)
         if adapt_due:  # rho compares h(theta + d) with M(d): before the fallback moves others
-            self._adapt_damping(closure, loss, penalty, predicted, group)
-        self._fallback_step(group)
+            with record_function("kfac.damping"):
+                self._adapt_damping(closure, loss, penalty, predicted, group)
+        with record_function("kfac.fallback"):
+            self._fallback_step(group)
         return loss.detach()
 
     def _step_rule(self, inputs: StepInputs) -> tuple[list[Tensor | None], Tensor | None]:
@@ -556,7 +585,7 @@ def _layers_named(layers: list[TrackedLayer], names, option: str) -> dict[str, T
     return by_name
 
 
-__all__ = ["KFAC", "DampingConfig", "CHECKPOINT_FORMAT"]
+__all__ = ["KFAC", "DampingConfig", "CHECKPOINT_FORMAT", "STEP_PHASES"]
 
 
 # ---------------------------------------------------------------- registration
