@@ -53,9 +53,9 @@ from natgrad.curvature.statistics import LayerFactors, StatisticsCollector, no_a
 from natgrad.distributed.coordinator import Coordinator, default_coordinator
 from natgrad.optim.closure import closure_result
 from natgrad.optim.kfac_config import (
-    DOUBLY_FACTORED_MIN_INPUTS,
     PLAIN_DEFAULTS,
     check_options,
+    doubly_factored_pays,
     preset_options,
 )
 from natgrad.optim.kfac_rules import (
@@ -128,9 +128,10 @@ class KFAC(torch.optim.Optimizer):
         sharing: "expand" or "reduce" (Eschenhagen et al. 2023) for every layer, or a
             mapping from qualified layer names to modes (others: "expand").
         doubly_factored: three-factor layers (Ba, Grosse & Martens 2017) for very large
-            inputs that are channels x locations maps: "off"; "auto" (a layer with at
-            least DOUBLY_FACTORED_MIN_INPUTS inputs, when its shape is known: a
-            convolution's patch, a Linear fed by nn.Flatten of a (N, C, ...) map); layer
+            inputs that are channels x locations maps: "off"; "auto" (a layer whose
+            input's shape is known, a convolution's patch or a Linear fed by nn.Flatten
+            of a (N, C, ...) map, and whose full factors cost more than its forward and
+            backward: kfac_config.doubly_factored_pays, decided in the first forward); layer
             names (a list, or one comma-separated string); or a mapping from layer names
             to "on" or a (channels, locations) shape.
         exclude: qualified module names left to the fallback optimizer.
@@ -176,7 +177,7 @@ class KFAC(torch.optim.Optimizer):
         self.adapt_damping, self.adapt_step = adapt_damping, adapt_step
         self.damping_config = damping_config
         self.layers, untracked = self._plan(model, tuple(exclude), sharing)
-        _assign_doubly_factored(self.layers, doubly_factored)
+        _assign_doubly_factored(self.layers, doubly_factored, model, inv_every)
         params = [p for p in unwrap_model(model).parameters() if p.requires_grad]
         defaults = dict(lr=lr, momentum=momentum, damping=damping, weight_decay=weight_decay)
         super().__init__(params, defaults)
@@ -541,13 +542,19 @@ class KFAC(torch.optim.Optimizer):
                     self.state[param][key] = value.to(device=param.device)
 
 
-def _assign_doubly_factored(layers: list[TrackedLayer], choice) -> None:
-    """Mark the layers to doubly factor: "off", "auto", layer names, or names -> shapes."""
+def _assign_doubly_factored(
+    layers: list[TrackedLayer], choice, model: nn.Module, inv_every: int
+) -> None:
+    """Mark the layers to doubly factor: "off", "auto", layer names, or names -> shapes.
+
+    "auto" decides in the first forward that records the layers' calls (the first
+    statistics), by :func:`doubly_factored_pays` on each layer's shape and rows per step.
+    """
     if isinstance(choice, str) and choice in ("off", "auto"):
         for layer in layers:
-            inputs = layer.weight.reshape(layer.weight.shape[0], -1).shape[1]
-            large = inputs >= DOUBLY_FACTORED_MIN_INPUTS
-            layer.doubly_factored = "auto" if choice == "auto" and large else "off"
+            layer.doubly_factored = choice
+        if choice == "auto" and layers:
+            _decide_auto_on_first_statistics(layers, model, inv_every)
         return
     if isinstance(choice, str):
         choice = [name.strip() for name in choice.split(",") if name.strip()]
@@ -559,6 +566,51 @@ def _assign_doubly_factored(layers: list[TrackedLayer], choice) -> None:
         if shape != "on":
             in_features = layer.weight.reshape(layer.weight.shape[0], -1).shape[1]
             layer.matrix_shape = check_matrix_shape(name, in_features, tuple(shape))
+
+
+def _decide_auto_on_first_statistics(
+    layers: list[TrackedLayer], model: nn.Module, inv_every: int
+) -> None:
+    """A one-shot hook at the end of the root model's forward: once the tracked layers'
+    calls are recorded (the first statistics, before any factors are formed), each "auto"
+    layer stays "auto" (three factors) if :func:`doubly_factored_pays` and becomes "off"
+    otherwise. The batch is the largest of the differentiated forwards so far (the
+    closure's; the statistics may see a sub-batch of it)."""
+    batch = 0
+
+    def decide(module: nn.Module, args: tuple, output) -> None:
+        nonlocal batch
+        if not torch.is_grad_enabled():
+            return
+        sizes = [x.shape[0] for x in args if isinstance(x, Tensor) and x.dim() > 0]
+        batch = max([batch, *sizes[:1]])
+        if not any(layer.calls for layer in layers):
+            return
+        handle.remove()
+        for layer in layers:
+            if layer.doubly_factored == "auto" and not _pays_to_doubly_factor(
+                layer, batch, inv_every
+            ):
+                layer.doubly_factored = "off"
+
+    handle = unwrap_model(model).register_forward_hook(decide)
+
+
+def _pays_to_doubly_factor(layer: TrackedLayer, batch: int, inv_every: int) -> bool:
+    """:func:`doubly_factored_pays` for a layer from its recorded calls: rows per step =
+    its locations per example (over all calls) x ``batch``."""
+    if not layer.calls:
+        return False
+    shape = layer.input_matrix_shape(layer.calls[0])
+    if shape is None:
+        return False
+    matrix = layer.handler.gradient_matrix(layer.module, layer.weight, layer.bias)
+    out_features, in_features = matrix.shape
+    examples = layer.calls[0].layer_output.shape[0]
+    locations = sum(call.layer_output.numel() for call in layer.calls) / (examples * out_features)
+    return doubly_factored_pays(
+        out_features, in_features, shape, round(locations * batch), inv_every
+    )
 
 
 def _assign_sharing(layers: list[TrackedLayer], sharing) -> None:
