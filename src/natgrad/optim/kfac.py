@@ -64,6 +64,7 @@ from natgrad.optim.kfac_rules import (
     LevenbergMarquardtRule,
     QuadraticModelStepRule,
     StepInputs,
+    curvature_scale,
     penalty_change,
 )
 from natgrad.optim.quadratic_model import QuadraticModel
@@ -346,7 +347,7 @@ class KFAC(torch.optim.Optimizer):
             new_loss = self.coordinator.reduce_mean(new_loss.detach().float())
         actual = new_loss.detach().float() - loss.detach().float() + penalty
         group["damping"], self.last_rho = self.damping_rule.adapt(
-            group["damping"], actual, predicted
+            group["damping"], actual, predicted, curvature_scale(self.preconditioners)
         )
 
     # ------------------------------------------------------------ statistics and inverses
