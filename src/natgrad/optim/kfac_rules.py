@@ -100,9 +100,15 @@ class FixedStepRule:
 
 @dataclass
 class QuadraticModelStepRule:
-    """d = alpha Delta + mu delta0 minimizing M(d) (REFERENCES.md s.3); also M(d) - M(0)."""
+    """d = alpha Delta + mu delta0 minimizing M(d) (REFERENCES.md s.3); also M(d) - M(0).
+
+    ``restart_momentum``: a mu outside [0, 1] restarts the momentum
+    (:func:`momentum_in_unit_interval`); False gives the unconstrained minimizer of
+    Martens & Grosse (2015, s.7), natgrad 0.1's rule.
+    """
 
     model: QuadraticModel
+    restart_momentum: bool = True
 
     def updates(
         self, inputs: StepInputs, previous: LayerMatrices, flatten: Flatten
@@ -127,8 +133,10 @@ class QuadraticModelStepRule:
         coefficients = quadratic_model_coefficients(
             fisher_gram, inner_gram, grad_dots, total_damping, has_previous
         )
-        curvature_gram = fisher_gram + total_damping * inner_gram
-        alpha, mu = momentum_in_unit_interval(coefficients, curvature_gram, grad_dots)
+        if self.restart_momentum:
+            curvature_gram = fisher_gram + total_damping * inner_gram
+            coefficients = momentum_in_unit_interval(coefficients, curvature_gram, grad_dots)
+        alpha, mu = coefficients
         updates: LayerMatrices = []
         for delta, prev in zip(deltas, previous, strict=True):
             if delta is None:
