@@ -109,6 +109,9 @@ class QuadraticModelStepRule:
 
     model: QuadraticModel
     restart_momentum: bool = True
+    # the model's minimizer (alpha, mu) of the latest step, before any restart (a tensor:
+    # reading it is the host sync), for diagnostics
+    last_coefficients: Tensor | None = None
 
     def updates(
         self, inputs: StepInputs, previous: LayerMatrices, flatten: Flatten
@@ -133,6 +136,7 @@ class QuadraticModelStepRule:
         coefficients = quadratic_model_coefficients(
             fisher_gram, inner_gram, grad_dots, total_damping, has_previous
         )
+        self.last_coefficients = coefficients
         if self.restart_momentum:
             curvature_gram = fisher_gram + total_damping * inner_gram
             coefficients = momentum_in_unit_interval(coefficients, curvature_gram, grad_dots)
