@@ -112,7 +112,8 @@ def test_levenberg_marquardt_rule_directions_and_bounds():
 @pytest.mark.parametrize("model_fraction", [1.0, 0.5])
 def test_quadratic_model_alpha_mu_match_dense_two_by_two_solve(model_fraction):
     """alpha, mu solve the 2x2 model with the dense Fisher of the model's examples
-    (the first ceil(model_fraction * m)) and the whole batch's gradient."""
+    (the first ceil(model_fraction * m)) and the whole batch's gradient; a mu outside
+    [0, 1] restarts the momentum (alpha along Delta alone)."""
     model, inputs, targets = _regression(2)
     count = math.ceil(model_fraction * inputs.shape[0])
     damping, weight_decay = 0.1, 0.01
@@ -155,6 +156,8 @@ def test_quadratic_model_alpha_mu_match_dense_two_by_two_solve(model_fraction):
             basis = torch.stack([proposal, previous], dim=1)
             coefficients = torch.linalg.solve(basis.T @ curvature @ basis, -basis.T @ grad)
             expected = basis @ coefficients
+            if not 0.0 <= float(coefficients[1]) <= 1.0:  # momentum restart: Delta alone
+                expected = -(grad @ proposal) / (proposal @ curvature @ proposal) * proposal
         torch.testing.assert_close(update, expected, rtol=2e-3, atol=1e-5)
         previous = update
 

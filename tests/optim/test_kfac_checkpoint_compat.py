@@ -41,6 +41,7 @@ def test_state_dict_of_the_previous_version_resumes_like_it(name):
     model = _model()
     model.load_state_dict(saved[name]["model"])
     opt = KFAC(model, likelihood="gaussian", **CONFIGS[name])
+    opt.model_rule.restart_momentum = False  # 0.1.0's unconstrained alpha, mu
     opt.load_state_dict(saved[name]["optimizer"])
 
     def closure():

@@ -10,13 +10,13 @@ one). One timed step is the whole update: forward, backward and optimizer step
 optimizers alternate step by step so that all see the same machine load; inverses come
 every ``inv_every`` steps, so the amortized cost is the mean over whole periods.
 
-Breakdown: in a second loop (one K-FAC alone) each phase is timed by wrapping the
-optimizer's own functions: main forward/backward (closure and loss.backward, plus
-small glue), the statistics sub-batch forward, the sampled-target backward ("extra
-backward"), the factor products A, G and their moving average ("statistics"), the
-decompositions ("inversion", amortized), gradient matrices and G^-1 V A^-1
-("preconditioning"), the quadratic model (forward-mode J u on its sub-batch, dot
-products), the damping rule's forward at the new point, and the update.
+Breakdown: in a second loop (one K-FAC alone, under torch.profiler) the time of each
+phase of KFAC.step, from its ``record_function`` regions ``kfac.<phase>``
+(natgrad.optim.kfac.STEP_PHASES): forward_backward (closure, backward, batch
+statistics on the sub-batch), factor_update (moving average), inverses (amortized),
+precondition (G^-1 V A^-1), step_rule (momentum and KL clip, or alpha and mu),
+quadratic_model (its Fisher products), apply, damping (the rule's forward at the new
+point) and fallback; what lies outside the regions is one more entry.
 
 Peak memory: each optimizer runs in its own fresh subprocess (``--memory-child``), and
 the process's peak resident set size (VmHWM of ``/proc/self/status``) is
@@ -42,14 +42,11 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from collections import defaultdict
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
-import natgrad.curvature.statistics as statistics_module
 from natgrad.bench.arguments import non_negative_int, positive_int
 from natgrad.bench.registry import Benchmark, register_benchmark
 from natgrad.bench.timing import check_device, default_device, peak_rss_mib, summary, timed
@@ -124,80 +121,60 @@ def alternating_times(inputs: Tensor, args: argparse.Namespace) -> dict[str, lis
     return times
 
 
-class PhaseClock:
-    """Accumulates wall time per phase name; nested phases are subtracted from their parent."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = defaultdict(float)
-        self._stack: list[list] = []
-
-    @contextmanager
-    def phase(self, name: str):
-        self._stack.append([name, 0.0])
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - start
-            _, inner = self._stack.pop()
-            self.totals[name] += elapsed - inner
-            if self._stack:
-                self._stack[-1][1] += elapsed
-
-    def wrap(self, function, name: str):
-        def wrapped(*args, **kwargs):
-            with self.phase(name):
-                return function(*args, **kwargs)
-
-        return wrapped
+PHASE_PREFIX = "kfac."
+OUTSIDE_PHASES = "outside the phases (loss, glue)"
 
 
-@contextmanager
-def instrumented(optimizer: KFAC, clock: PhaseClock):
-    """Time the phases of ``optimizer``'s step by wrapping its parts' functions (restored after)."""
-    module_functions = {
-        "output_gradients": "extra backward (sampled targets)",
-        "layer_batch_factors": "statistics (A, G products)",
-    }
-    saved = {name: getattr(statistics_module, name) for name in module_functions}
-    for name, phase in module_functions.items():
-        setattr(statistics_module, name, clock.wrap(saved[name], phase))
-    methods = [
-        (optimizer.statistics, "_from_sub_batch", "statistics sub-batch forward"),
-        (optimizer, "update_statistics", "statistics (moving average)"),
-        (optimizer, "update_inverses", "inversion (amortized)"),
-        (optimizer, "gradient_matrices", "preconditioning"),
-        (optimizer, "precondition", "preconditioning"),
-        (optimizer, "_step_rule", "update (step rule, apply)"),
-        (optimizer, "apply_updates", "update (step rule, apply)"),
-        (optimizer.quadratic_model, "gram", "quadratic model (J u products, dots)"),
-        (optimizer, "_adapt_damping", "damping rule (forward at the new point)"),
-    ]
-    for owner, name, phase in methods:
-        setattr(owner, name, clock.wrap(getattr(owner, name), phase))
-    try:
-        yield
-    finally:
-        for name in module_functions:
-            setattr(statistics_module, name, saved[name])
-        for owner, name, _ in methods:
-            delattr(owner, name)
+def _nearest_phases(event) -> list:
+    """The ``kfac.*`` regions directly inside ``event`` (through any number of other ops)."""
+    found = []
+    for child in event.cpu_children:
+        if child.name.startswith(PHASE_PREFIX):
+            found.append(child)
+        else:
+            found.extend(_nearest_phases(child))
+    return found
+
+
+def phase_microseconds(events) -> dict[str, float]:
+    """Exclusive host time (us) per ``kfac.<phase>`` region of KFAC.step over ``events``
+    (a torch.profiler event list): each region's time less the phase regions inside it
+    (``kfac.quadratic_model`` inside ``kfac.step_rule``), summed over its occurrences."""
+    totals: dict[str, float] = defaultdict(float)
+    for event in events:
+        if not event.name.startswith(PHASE_PREFIX):
+            continue
+        inner = sum(child.cpu_time_total for child in _nearest_phases(event))
+        totals[event.name.removeprefix(PHASE_PREFIX)] += event.cpu_time_total - inner
+    return dict(totals)
+
+
+def profiled_phases(step, steps: int, device: torch.device) -> dict[str, float]:
+    """Mean ms per step in each phase of KFAC.step while ``step()`` runs ``steps`` times
+    under torch.profiler; the wall time outside the regions is one more entry.
+
+    The regions are host times: on CUDA a kernel's time lands in the phase that waits for
+    it (each step ends with a synchronization).
+    """
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    wall = 0.0
+    with torch.profiler.profile(activities=activities) as profiler:
+        for _ in range(steps):
+            wall += timed(step, device)
+    phases = {name: 1e-3 * us / steps for name, us in phase_microseconds(profiler.events()).items()}
+    phases[OUTSIDE_PHASES] = max(1e3 * wall / steps - sum(phases.values()), 0.0)
+    return phases
 
 
 def breakdown(inputs: Tensor, name: str, args: argparse.Namespace) -> dict[str, float]:
-    """Mean milliseconds per step of K-FAC ``name`` in each phase (whole inverse periods)."""
+    """Mean milliseconds per step of K-FAC ``name`` in each profiler phase of its step
+    (whole inverse periods)."""
     local = argparse.Namespace(**{**vars(args), "kfacs": [name]})
     steps, optimizers = step_functions(inputs, local)
-    optimizer = optimizers[name]
     for _ in range(args.warmup):
         steps[name]()
-    optimizer.steps = 0
-    clock = PhaseClock()
-    with instrumented(optimizer, clock):
-        for _ in range(args.steps):
-            with clock.phase("main forward/backward and rest"):
-                steps[name]()
-    return {phase: 1e3 * total / args.steps for phase, total in clock.totals.items()}
+    optimizers[name].steps = 0
+    return profiled_phases(steps[name], args.steps, args.device)
 
 
 def memory_child(optimizer_name: str, args: argparse.Namespace) -> None:

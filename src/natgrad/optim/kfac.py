@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from natgrad.curvature.capture import (
     TrackedLayer,
@@ -53,9 +54,9 @@ from natgrad.curvature.statistics import LayerFactors, StatisticsCollector, no_a
 from natgrad.distributed.coordinator import Coordinator, default_coordinator
 from natgrad.optim.closure import check_model_argument, closure_result
 from natgrad.optim.kfac_config import (
-    DOUBLY_FACTORED_MIN_INPUTS,
     PLAIN_DEFAULTS,
     check_options,
+    doubly_factored_pays,
     preset_options,
 )
 from natgrad.optim.kfac_rules import (
@@ -64,6 +65,7 @@ from natgrad.optim.kfac_rules import (
     LevenbergMarquardtRule,
     QuadraticModelStepRule,
     StepInputs,
+    curvature_scale,
     penalty_change,
 )
 from natgrad.optim.layer_curvature import LayerCurvature
@@ -74,6 +76,18 @@ from natgrad.precondition.damping import damping_gamma
 Closure = Callable[[], tuple[Tensor, Tensor]]
 FallbackFactory = Callable[..., torch.optim.Optimizer]
 CHECKPOINT_FORMAT = 2
+# torch.profiler regions of KFAC.step, in step order ("kfac.<phase>").
+STEP_PHASES = (
+    "forward_backward",  # closure, backward, batch statistics (sub-batch), gradient reduction
+    "factor_update",  # factor reduction over ranks, moving average
+    "inverses",  # decompositions when due
+    "precondition",  # V + eta theta, (G + gamma/pi I)^-1 V (A + pi gamma I)^-1
+    "step_rule",  # KL clip and momentum, or alpha, mu; the damping rule's M(d) and penalty
+    "quadratic_model",  # the model's Fisher products (inside step_rule)
+    "apply",  # theta <- theta + d
+    "damping",  # the damping rule's forward at theta + d and lambda's update
+    "fallback",  # the first-order optimizer of the untracked parameters
+)
 DEFAULT_DAMPING_CONFIG = DampingConfig()
 _D = PLAIN_DEFAULTS
 
@@ -111,9 +125,10 @@ class KFAC(torch.optim.Optimizer):
         sharing: "expand" or "reduce" (Eschenhagen et al. 2023) for every layer, or a
             mapping from qualified layer names to modes (others: "expand").
         doubly_factored: three-factor layers (Ba, Grosse & Martens 2017) for very large
-            inputs that are channels x locations maps: "off"; "auto" (a layer with at
-            least DOUBLY_FACTORED_MIN_INPUTS inputs, when its shape is known: a
-            convolution's patch, a Linear fed by nn.Flatten of a (N, C, ...) map); layer
+            inputs that are channels x locations maps: "off"; "auto" (a layer whose
+            input's shape is known, a convolution's patch or a Linear fed by nn.Flatten
+            of a (N, C, ...) map, and whose full factors cost more than its forward and
+            backward: kfac_config.doubly_factored_pays, decided in the first forward); layer
             names (a list, or one comma-separated string); or a mapping from layer names
             to "on" or a (channels, locations) shape.
         approximation: each layer's curvature approximation, a registered kind
@@ -175,7 +190,7 @@ class KFAC(torch.optim.Optimizer):
         self.adapt_damping, self.adapt_step = adapt_damping, adapt_step
         self.damping_config = damping_config
         self.layers, untracked = self._plan(model, tuple(exclude), sharing)
-        _assign_doubly_factored(self.layers, doubly_factored)
+        _assign_doubly_factored(self.layers, doubly_factored, model, inv_every)
         params = [p for p in unwrap_model(model).parameters() if p.requires_grad]
         defaults = dict(lr=lr, momentum=momentum, damping=damping, weight_decay=weight_decay)
         super().__init__(params, defaults)
@@ -293,38 +308,54 @@ class KFAC(torch.optim.Optimizer):
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         """One K-FAC update; returns the closure's loss (detached tensor, no host sync), on
-        several ranks the loss of the whole batch."""
+        several ranks the loss of the whole batch.
+
+        Its phases are torch.profiler regions named by :data:`STEP_PHASES`
+        (``kfac.quadratic_model`` runs inside ``kfac.step_rule``; natgrad.bench.step).
+        """
         if closure is None:
             raise ValueError("KFAC.step needs a closure returning (loss, outputs)")
         group = self.param_groups[0]
         for p in group["params"]:
             p.grad = None
         stats_due = bool(self.layers) and self.steps % self.stat_every == 0
-        loss, outputs, batch_inputs, batch_factors = self.statistics.forward_backward(
-            lambda: closure_result(closure, "KFAC", parameters=group["params"]), stats_due
-        )
+        with record_function("kfac.forward_backward"):
+            loss, outputs, batch_inputs, batch_factors = self.statistics.forward_backward(
+                lambda: closure_result(closure, "KFAC", parameters=group["params"]), stats_due
+            )
         self.steps += 1  # counted once the closure kept its contract
         with torch.no_grad(), no_autocast(loss):
             examples = outputs.shape[0] if outputs.dim() > 0 else 1
-            loss = self.coordinator.reduce_gradients(self.model, group["params"], loss, examples)
+            with record_function("kfac.forward_backward"):
+                loss = self.coordinator.reduce_gradients(
+                    self.model, group["params"], loss, examples
+                )
             if batch_factors is not None:
-                batch_factors = self.coordinator.reduce_factors(batch_factors, examples)
-                self.update_statistics(batch_factors)
+                with record_function("kfac.factor_update"):
+                    batch_factors = self.coordinator.reduce_factors(batch_factors, examples)
+                    self.update_statistics(batch_factors)
             gamma = damping_gamma(group["damping"], group["weight_decay"])
-            self.update_inverses(gamma, force=(self.steps - 1) % self.inv_every == 0)
-            grads = self.gradient_matrices(group["weight_decay"])
-            proposals = self.precondition(grads, gamma)
+            with record_function("kfac.inverses"):
+                self.update_inverses(gamma, force=(self.steps - 1) % self.inv_every == 0)
+            with record_function("kfac.precondition"):
+                grads = self.gradient_matrices(group["weight_decay"])
+                proposals = self.precondition(grads, gamma)
             inputs = StepInputs(grads, proposals, batch_inputs, group)
-            updates, predicted = self._step_rule(inputs)
+            with record_function("kfac.step_rule"):
+                updates, predicted = self._step_rule(inputs)
             adapt_due = self.adapt_damping and self.steps % self.damping_config.interval == 0
             if adapt_due:  # the model and the penalty are taken at theta, before the update
-                if predicted is None:
-                    predicted = self.model_rule.predicted_change(inputs, updates, self._flat)
-                penalty = penalty_change(self._parameter_matrices(), updates, group)
-            self.apply_updates(updates)
+                with record_function("kfac.step_rule"):
+                    if predicted is None:
+                        predicted = self.model_rule.predicted_change(inputs, updates, self._flat)
+                    penalty = penalty_change(self._parameter_matrices(), updates, group)
+            with record_function("kfac.apply"):
+                self.apply_updates(updates)
         if adapt_due:  # rho compares h(theta + d) with M(d): before the fallback moves others
-            self._adapt_damping(closure, loss, penalty, predicted, group)
-        self._fallback_step(group)
+            with record_function("kfac.damping"):
+                self._adapt_damping(closure, loss, penalty, predicted, group)
+        with record_function("kfac.fallback"):
+            self._fallback_step(group)
         return loss.detach()
 
     def _step_rule(self, inputs: StepInputs) -> tuple[list[Tensor | None], Tensor | None]:
@@ -353,7 +384,7 @@ class KFAC(torch.optim.Optimizer):
             new_loss = self.coordinator.reduce_mean(new_loss.detach().float())
         actual = new_loss.detach().float() - loss.detach().float() + penalty
         group["damping"], self.last_rho = self.damping_rule.adapt(
-            group["damping"], actual, predicted
+            group["damping"], actual, predicted, curvature_scale(self.preconditioners)
         )
 
     # ------------------------------------------------------------ statistics and inverses
@@ -477,13 +508,19 @@ class KFAC(torch.optim.Optimizer):
                     self.state[param][key] = value.to(device=param.device)
 
 
-def _assign_doubly_factored(layers: list[TrackedLayer], choice) -> None:
-    """Mark the layers to doubly factor: "off", "auto", layer names, or names -> shapes."""
+def _assign_doubly_factored(
+    layers: list[TrackedLayer], choice, model: nn.Module, inv_every: int
+) -> None:
+    """Mark the layers to doubly factor: "off", "auto", layer names, or names -> shapes.
+
+    "auto" decides in the first forward that records the layers' calls (the first
+    statistics), by :func:`doubly_factored_pays` on each layer's shape and rows per step.
+    """
     if isinstance(choice, str) and choice in ("off", "auto"):
         for layer in layers:
-            inputs = layer.weight.reshape(layer.weight.shape[0], -1).shape[1]
-            large = inputs >= DOUBLY_FACTORED_MIN_INPUTS
-            layer.doubly_factored = "auto" if choice == "auto" and large else "off"
+            layer.doubly_factored = choice
+        if choice == "auto" and layers:
+            _decide_auto_on_first_statistics(layers, model, inv_every)
         return
     if isinstance(choice, str):
         choice = [name.strip() for name in choice.split(",") if name.strip()]
@@ -495,6 +532,51 @@ def _assign_doubly_factored(layers: list[TrackedLayer], choice) -> None:
         if shape != "on":
             in_features = layer.weight.reshape(layer.weight.shape[0], -1).shape[1]
             layer.matrix_shape = check_matrix_shape(name, in_features, tuple(shape))
+
+
+def _decide_auto_on_first_statistics(
+    layers: list[TrackedLayer], model: nn.Module, inv_every: int
+) -> None:
+    """A one-shot hook at the end of the root model's forward: once the tracked layers'
+    calls are recorded (the first statistics, before any factors are formed), each "auto"
+    layer stays "auto" (three factors) if :func:`doubly_factored_pays` and becomes "off"
+    otherwise. The batch is the largest of the differentiated forwards so far (the
+    closure's; the statistics may see a sub-batch of it)."""
+    batch = 0
+
+    def decide(module: nn.Module, args: tuple, output) -> None:
+        nonlocal batch
+        if not torch.is_grad_enabled():
+            return
+        sizes = [x.shape[0] for x in args if isinstance(x, Tensor) and x.dim() > 0]
+        batch = max([batch, *sizes[:1]])
+        if not any(layer.calls for layer in layers):
+            return
+        handle.remove()
+        for layer in layers:
+            if layer.doubly_factored == "auto" and not _pays_to_doubly_factor(
+                layer, batch, inv_every
+            ):
+                layer.doubly_factored = "off"
+
+    handle = unwrap_model(model).register_forward_hook(decide)
+
+
+def _pays_to_doubly_factor(layer: TrackedLayer, batch: int, inv_every: int) -> bool:
+    """:func:`doubly_factored_pays` for a layer from its recorded calls: rows per step =
+    its locations per example (over all calls) x ``batch``."""
+    if not layer.calls:
+        return False
+    shape = layer.input_matrix_shape(layer.calls[0])
+    if shape is None:
+        return False
+    matrix = layer.handler.gradient_matrix(layer.module, layer.weight, layer.bias)
+    out_features, in_features = matrix.shape
+    examples = layer.calls[0].layer_output.shape[0]
+    locations = sum(call.layer_output.numel() for call in layer.calls) / (examples * out_features)
+    return doubly_factored_pays(
+        out_features, in_features, shape, round(locations * batch), inv_every
+    )
 
 
 def _assign_sharing(layers: list[TrackedLayer], sharing) -> None:
@@ -521,7 +603,7 @@ def _layers_named(layers: list[TrackedLayer], names, option: str) -> dict[str, T
     return by_name
 
 
-__all__ = ["KFAC", "DampingConfig", "CHECKPOINT_FORMAT"]
+__all__ = ["KFAC", "DampingConfig", "CHECKPOINT_FORMAT", "STEP_PHASES"]
 
 
 # ---------------------------------------------------------------- registration

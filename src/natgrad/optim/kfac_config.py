@@ -36,10 +36,39 @@ PLAIN_DEFAULTS: dict[str, object] = {
     "approximation": "kronecker",
 }
 
-# "auto" doubly factors a layer whose weight sees at least this many input features
-# and whose input is a channels x locations map (docs/RESULTS.md, "Doubly-factored
-# layers": above it the full activation factor's inverse costs more than ~1 s here).
-DOUBLY_FACTORED_MIN_INPUTS = 4096
+
+def doubly_factored_pays(
+    out_features: int,
+    in_features: int,
+    shape: tuple[int, int],
+    rows: int,
+    inv_every: int,
+) -> bool:
+    """Whether ``doubly_factored="auto"`` gives a layer three factors: True when its full
+    Kronecker preconditioning costs more flops per step than its forward and backward, and
+    the three-factor form (Ba, Grosse & Martens 2017) costs at most half as much.
+
+    For o = ``out_features``, d = ``in_features`` (with the bias column), the input a
+    C x L map (``shape``), n = ``rows`` (examples x locations per step) and T = ``inv_every``,
+    counting a decomposition of a k x k factor as k^3 flops (Cholesky and its inverse)::
+
+        full    = 2 o d (o + d)     + (o^3 + d^3) / T          (G^-1 V A^-1; refresh)
+        doubly  = 2 o d (o + C + L) + (o^3 + C^3 + L^3) / T    (mode products; refresh)
+        forward + backward = 6 n o d                           (y = W a; dW and da)
+
+    and the rule is ``full > forward + backward and 2 doubly <= full``. A map of one
+    channel (C = 1) or one location gains nothing, so a flattened image keeps its full
+    factor.
+    """
+    channels, locations = shape
+    o, d = out_features, in_features
+    full = 2 * o * d * (o + d) + (o**3 + d**3) / inv_every
+    doubly = (
+        2 * o * d * (o + channels + locations) + (o**3 + channels**3 + locations**3) / inv_every
+    )
+    forward_backward = 6 * rows * o * d
+    return full > forward_backward and 2 * doubly <= full
+
 
 OPTION_HELP: dict[str, str] = {
     "lr": "learning rate >= 0 (ignored with adapt_step)",
@@ -58,8 +87,9 @@ OPTION_HELP: dict[str, str] = {
     "adapt_step": "alpha and mu from the quadratic model",
     "kl_clip": "KL-clip constant C > 0, or None for no clipping",
     "sharing": "weight sharing (sequence positions, repeated calls): expand | reduce",
-    "doubly_factored": "three-factor layers (Ba et al. 2017): off | auto (inputs >= "
-    f"{DOUBLY_FACTORED_MIN_INPUTS} from a channels x locations map) | comma-separated layer names",
+    "doubly_factored": "three-factor layers (Ba et al. 2017): off | auto (a channels x "
+    "locations map whose full factors cost more than the layer's forward and backward) | "
+    "comma-separated layer names",
     "approximation": "curvature approximation of each layer: " + " | ".join(approximation_names()),
 }
 
@@ -211,7 +241,7 @@ __all__ = [
     "PLAIN_DEFAULTS",
     "PRESETS",
     "OPTION_HELP",
-    "DOUBLY_FACTORED_MIN_INPUTS",
+    "doubly_factored_pays",
     "preset_options",
     "check_options",
 ]

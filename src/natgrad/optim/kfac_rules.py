@@ -9,7 +9,7 @@ equations are in :mod:`natgrad.optim.step_rules`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,15 +31,29 @@ Flatten = Callable[[LayerMatrices], list[Tensor]]
 
 @dataclass(frozen=True)
 class DampingConfig:
-    """Levenberg-Marquardt damping adaptation: every ``interval`` steps, clipped to bounds."""
+    """Levenberg-Marquardt damping adaptation: every ``interval`` steps, clipped to
+    [max(min_damping, relative_min_damping * s), max_damping] with s the curvature's scale
+    (:func:`curvature_scale`).
+
+    The relative floor keeps lambda from falling towards zero while the reduction ratio
+    stays near 1 on the batch it was measured on: with 1/8 sub-batches the factors of a
+    wide layer are rank-deficient, and as gamma = sqrt(lambda + eta) vanishes the proposal
+    grows without bound along their null space (docs/RESULTS.md, "Stable by default").
+    """
 
     interval: int = LM_INTERVAL
     min_damping: float = 1e-8
     max_damping: float = 1e8
+    relative_min_damping: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.interval < 1:
             raise ValueError(f"DampingConfig.interval must be >= 1, got {self.interval}")
+        if not 0.0 <= self.relative_min_damping < float("inf"):
+            raise ValueError(
+                "DampingConfig.relative_min_damping must be a finite number >= 0, got "
+                f"{self.relative_min_damping}"
+            )
         if not 0.0 <= self.min_damping <= self.max_damping:
             raise ValueError(
                 "DampingConfig needs 0 <= min_damping <= max_damping, got "
@@ -86,9 +100,18 @@ class FixedStepRule:
 
 @dataclass
 class QuadraticModelStepRule:
-    """d = alpha Delta + mu delta0 minimizing M(d) (docs/REFERENCES.md s.3); also M(d) - M(0)."""
+    """d = alpha Delta + mu delta0 minimizing M(d) (docs/REFERENCES.md s.3); also M(d) - M(0).
+
+    ``restart_momentum``: a mu outside [0, 1] restarts the momentum
+    (:func:`momentum_in_unit_interval`); False gives the unconstrained minimizer of
+    Martens & Grosse (2015, s.7), natgrad 0.1's rule.
+    """
 
     model: QuadraticModel
+    restart_momentum: bool = True
+    # the model's minimizer (alpha, mu) of the latest step, before any restart (a tensor:
+    # reading it is the host sync), for diagnostics
+    last_coefficients: Tensor | None = None
 
     def updates(
         self, inputs: StepInputs, previous: LayerMatrices, flatten: Flatten
@@ -110,9 +133,14 @@ class QuadraticModelStepRule:
             grad_dots = torch.cat([grad_dots, torch.zeros_like(grad_dots)])
         group = inputs.group
         total_damping = group["damping"] + group["weight_decay"]
-        alpha, mu = quadratic_model_coefficients(
+        coefficients = quadratic_model_coefficients(
             fisher_gram, inner_gram, grad_dots, total_damping, has_previous
         )
+        self.last_coefficients = coefficients
+        if self.restart_momentum:
+            curvature_gram = fisher_gram + total_damping * inner_gram
+            coefficients = momentum_in_unit_interval(coefficients, curvature_gram, grad_dots)
+        alpha, mu = coefficients
         updates: LayerMatrices = []
         for delta, prev in zip(deltas, previous, strict=True):
             if delta is None:
@@ -133,6 +161,37 @@ class QuadraticModelStepRule:
         return quadratic_model_value(torch.ones(1, device=grad_dots.device), model_gram, grad_dots)
 
 
+def momentum_in_unit_interval(
+    coefficients: Tensor, curvature_gram: Tensor, grad_dots: Tensor
+) -> Tensor:
+    """(alpha, mu): the model's minimizer when its mu lies in [0, 1], else a restart of the
+    momentum: mu = 0 and alpha = -b_0 / K_00, the best step along Delta alone (K, b as in
+    quadratic_model_coefficients; no host sync).
+
+    A mu above 1 compounds the previous update from step to step and a negative one
+    reverses it; both come from a 2 x 2 model estimated on a few examples, and on small
+    models they are the steps after which the loss blows up (docs/RESULTS.md, "Stable by
+    default"). The restart is that of adaptive-restart momentum (O'Donoghue & Candes 2015).
+    """
+    restart = torch.stack([-grad_dots[0] / curvature_gram[0, 0], torch.zeros_like(grad_dots[0])])
+    mu = coefficients[1]
+    return torch.where((mu >= 0.0) & (mu <= 1.0), coefficients, restart)
+
+
+def curvature_scale(preconditioners: Sequence) -> float:
+    """s = max over layers of prod_k tr(F_k) / dim(F_k) over the layer's factors (A, G; or
+    K, Psi, G): the mean eigenvalue of the largest layer's Kronecker curvature (0 before any
+    factors; one host sync)."""
+    scales = []
+    for preconditioner in preconditioners:
+        state = preconditioner.state_dict() if preconditioner.has_factors else {}
+        factors = [state[key] for key in preconditioner.FACTOR_KEYS if key in state]
+        if factors:
+            means = [torch.diagonal(f).float().mean() for f in factors]
+            scales.append(torch.stack(means).prod())
+    return float(torch.stack(scales).max()) if scales else 0.0
+
+
 def penalty_change(params: LayerMatrices, updates: LayerMatrices, group: dict) -> Tensor:
     """eta/2 ||theta + d||^2 - eta/2 ||theta||^2 = eta (<theta, d> + 1/2 ||d||^2) over the
     parameters the updates move: the weight-decay part of h(theta + d) - h(theta)."""
@@ -149,16 +208,18 @@ class LevenbergMarquardtRule:
     config: DampingConfig
 
     def adapt(
-        self, damping: float, actual_change: Tensor, predicted: Tensor
+        self, damping: float, actual_change: Tensor, predicted: Tensor, scale: float = 0.0
     ) -> tuple[float, float]:
-        """(new damping, rho) for rho = actual_change / predicted (one host sync)."""
+        """(new damping, rho) for rho = actual_change / predicted (one host sync); the
+        damping stays at or above relative_min_damping x ``scale`` (:func:`curvature_scale`)."""
         rho = float(reduction_ratio(actual_change, torch.zeros_like(actual_change), predicted))
         config = self.config
+        floor = max(config.min_damping, config.relative_min_damping * scale)
         new_damping = levenberg_marquardt_damping(
             damping,
             rho,
             levenberg_marquardt_omega(config.interval),
-            config.min_damping,
+            min(floor, config.max_damping),
             config.max_damping,
         )
         return new_damping, rho
@@ -171,4 +232,6 @@ __all__ = [
     "QuadraticModelStepRule",
     "LevenbergMarquardtRule",
     "penalty_change",
+    "momentum_in_unit_interval",
+    "curvature_scale",
 ]

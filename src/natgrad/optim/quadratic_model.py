@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp, vmap
+from torch.profiler import record_function
 
 from natgrad.curvature.capture import unwrap_model
 from natgrad.curvature.dense import parameter_dict
@@ -132,10 +133,12 @@ class QuadraticModel:
         (zeros outside the tracked layers); the plain inner products are taken on the
         per-layer matrices.
         """
-        with torch.enable_grad():
-            pushed, outputs = self.output_directions(flat_directions, self.examples(batch_inputs))
-        curvature = fisher_output_curvature(self.likelihood, outputs, kind="exact")
-        curved = [curvature.product(jv) for jv in pushed]
+        with record_function("kfac.quadratic_model"):
+            with torch.enable_grad():
+                examples = self.examples(batch_inputs)
+                pushed, outputs = self.output_directions(flat_directions, examples)
+            curvature = fisher_output_curvature(self.likelihood, outputs, kind="exact")
+            curved = [curvature.product(jv) for jv in pushed]
         size = len(directions)
         fisher_gram = torch.stack(
             [

@@ -1,0 +1,110 @@
+"""K-FAC's cost: the profiler phases of its step, and "auto" doubly factoring by cost."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+from torch.profiler import record_function
+
+from natgrad.bench.step import OUTSIDE_PHASES, phase_microseconds, profiled_phases
+from natgrad.optim.kfac import KFAC, STEP_PHASES
+from natgrad.optim.kfac_config import doubly_factored_pays
+from natgrad.precondition.doubly_factored import DoublyFactoredPreconditioner
+from natgrad.precondition.kronecker import KroneckerPreconditioner
+from natgrad.workloads.models import mlp, simple_cnn
+
+
+def _tiny_classifier_step(**options):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    inputs, targets = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    optimizer = KFAC(model, **options)
+
+    def step() -> None:
+        def closure():
+            outputs = model(inputs)
+            return nn.functional.cross_entropy(outputs, targets), outputs
+
+        optimizer.step(closure)
+
+    return step
+
+
+def test_every_phase_of_the_adaptive_step_is_a_profiler_region():
+    step = _tiny_classifier_step(
+        lr=0.1, damping=1.0, adapt_step=True, adapt_damping=True, inv_every=2
+    )
+    phases = profiled_phases(step, 5, torch.device("cpu"))
+    assert set(phases) == {*STEP_PHASES, OUTSIDE_PHASES}
+    assert all(value >= 0.0 for value in phases.values())
+    assert phases["forward_backward"] > 0.0 and phases["quadratic_model"] > 0.0
+
+
+def test_the_fixed_step_has_no_quadratic_model_or_damping_phase():
+    phases = profiled_phases(_tiny_classifier_step(lr=0.1), 3, torch.device("cpu"))
+    assert "quadratic_model" not in phases and "damping" not in phases
+    assert {"forward_backward", "inverses", "precondition", "step_rule", "apply"} <= set(phases)
+
+
+def test_a_nested_phase_is_subtracted_from_the_one_around_it():
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        for _ in range(2):
+            with record_function("kfac.step_rule"):
+                time.sleep(0.02)
+                with record_function("kfac.quadratic_model"):
+                    time.sleep(0.06)
+    phases = phase_microseconds(profiler.events())
+    assert 0.03e6 <= phases["step_rule"] < 0.09e6
+    assert 0.11e6 <= phases["quadratic_model"] < 0.2e6
+
+
+# ---------------------------------------------------------------- "auto" by cost
+
+
+def test_the_cnn_fc_layer_pays_for_three_factors_and_its_convolutions_do_not():
+    # fmnist_cnn at batch 256, inverses every 20 steps: fc 3136 (64 x 49) + bias -> 1024
+    assert doubly_factored_pays(1024, 3137, (64, 49), rows=256, inv_every=20)
+    # conv2: 32 x 25 patches, 64 channels out, 14 x 14 locations per example
+    assert not doubly_factored_pays(64, 801, (32, 25), rows=256 * 196, inv_every=20)
+
+
+def test_a_flattened_one_channel_image_keeps_its_full_factor():
+    # 784 -> 256 at batch 128 costs more to precondition than to run, but C = 1 gains nothing
+    assert not doubly_factored_pays(256, 785, (1, 784), rows=128, inv_every=20)
+
+
+def test_a_small_layer_on_a_map_is_cheaper_to_precondition_than_to_run():
+    assert not doubly_factored_pays(64, 65, (4, 16), rows=64, inv_every=20)
+    assert doubly_factored_pays(8, 1025, (16, 64), rows=1, inv_every=1)
+
+
+def _first_step_kinds(model: nn.Module, inputs: torch.Tensor) -> list[type]:
+    optimizer = KFAC.from_preset("kfac", model)
+    targets = torch.randint(0, 10, (inputs.shape[0],))
+
+    def closure():
+        outputs = model(inputs)
+        return nn.functional.cross_entropy(outputs, targets), outputs
+
+    optimizer.step(closure)
+    return [type(preconditioner) for preconditioner in optimizer.preconditioners]
+
+
+def test_auto_doubly_factors_only_the_cnn_fc_layer():
+    torch.manual_seed(0)
+    kinds = _first_step_kinds(simple_cnn(), torch.randn(16, 1, 28, 28))
+    assert kinds == [
+        KroneckerPreconditioner,  # conv1
+        KroneckerPreconditioner,  # conv2
+        DoublyFactoredPreconditioner,  # fc 3136 -> 1024
+        KroneckerPreconditioner,  # fc 1024 -> 10 (not fed by a map)
+    ]
+
+
+def test_auto_keeps_a_small_mlp_kronecker():
+    torch.manual_seed(0)
+    model = mlp([784, 256, 256, 10])  # nn.Flatten of (N, 1, 28, 28) images first
+    kinds = _first_step_kinds(model, torch.randn(128, 1, 28, 28))
+    assert kinds == [KroneckerPreconditioner] * 3
