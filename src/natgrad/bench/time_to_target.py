@@ -96,10 +96,23 @@ FAMILIES: dict[str, Family] = {
         Family("momentum", "momentum", "lr", 1e-2, 2.0, {"momentum": 0.9}),
         Family("kfac", "kfac_adaptive", "damping", 0.1, 10.0),  # {0.01, 0.1, 1}
         Family("kfac_preset", "kfac", "lr", 0.1, 2.0),
+        Family("kfac_eigen_adam", "kfac_eigen_adam", "lr", None, 2.0),
         Family("ekfac", "ekfac", None, None, 2.0),
     )
 }
-DEFAULT_FAMILIES = ("adam", "adamw", "muon", "soap", "kfac", "ekfac")
+DEFAULT_FAMILIES = (
+    "adam",
+    "adamw",
+    "muon",
+    "soap",
+    "kfac",
+    "kfac_preset",
+    "kfac_eigen_adam",
+    "ekfac",
+)
+# natgrad's K-FAC variants: the JSON's best["kfac"] is the fastest of their grid points
+# (each variant still has a grid of --grid-size, and its own entry under its name).
+KFAC_VARIANTS = ("kfac", "kfac_preset", "kfac_eigen_adam")
 VARIANTS = {
     "statistics every step on whole batch": {"stat_fraction": 1.0, "stat_every": 1},
     "model on whole batch": {"model_fraction": 1.0},
@@ -315,12 +328,13 @@ def summarize(spec: RunSpec, stored: dict, targets: list[float], args, window: i
 
 def family_winner(records: list[dict], family: str, target: float) -> dict | None:
     """The record of the family's grid point (variants excluded) that reaches ``target``
-    in the fewest seconds, or None."""
+    in the fewest seconds, or None; family "kfac" takes every K-FAC variant's points."""
     key = f"{target:g}"
+    members = KFAC_VARIANTS if family == "kfac" else (family,)
     reached = [
         r
         for r in records
-        if r["family"] == family and not r["variant"] and r["to_targets"][key]["steps"]
+        if r["family"] in members and not r["variant"] and r["to_targets"][key]["steps"]
     ]
     return min(reached, key=lambda r: (r["to_targets"][key]["seconds"], r["label"]), default=None)
 
