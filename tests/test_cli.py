@@ -30,6 +30,30 @@ def test_optimizers_lists_hyperparameters_and_spaces(capsys) -> None:
     assert "restricted" in out and "full" in out
 
 
+def test_bench_step_parses_set_as_train_does_before_loading_data(capsys, monkeypatch) -> None:
+    import natgrad.bench.step as step
+
+    def no_data(batch):
+        raise AssertionError("data loaded before --set was checked")
+
+    monkeypatch.setattr(step, "fashion_batch", no_data)
+    assert main(["bench", "step", "--set", "stat_every=two", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "stat_every" in err and "'two'" in err and len(err.strip().splitlines()) == 1
+    hparams = step.kfac_hyperparameters("kfac", _bench_step_args("kl_clip=none", "stat_every=3"))
+    assert hparams["kl_clip"] is None and hparams["stat_every"] == 3
+
+
+def _bench_step_args(*assignments: str):
+    import argparse
+
+    import natgrad.bench.step as step
+
+    parser = argparse.ArgumentParser()
+    step.add_arguments(parser)
+    return parser.parse_args([f"--set={a}" for a in assignments])
+
+
 def test_data_list_and_bad_fetch(capsys, tmp_path) -> None:
     assert main(["data", "list"]) == 0
     assert "fashion-mnist" in capsys.readouterr().out
