@@ -13,6 +13,8 @@ from pathlib import Path
 
 import matplotlib
 
+from natgrad.jsonio import replace_atomically
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -33,8 +35,11 @@ def _colour(index: int):
 
 
 def save_figure(figure, path: Path) -> Path:
+    """Write ``figure`` as a PNG at ``path`` atomically and close it."""
     figure.tight_layout()
-    figure.savefig(path, dpi=FIGURE_DPI)
+    replace_atomically(
+        path, lambda stream: figure.savefig(stream, dpi=FIGURE_DPI, format="png"), binary=True
+    )
     plt.close(figure)
     return path
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from natgrad.report.document import Block, fmt, to_html, to_markdown
+from natgrad.report.document import Block, fmt, write_pages
 from natgrad.report.figures import plt, save_figure
 
 
@@ -128,7 +128,4 @@ def write_study_report(summary: dict, out_dir: Path) -> dict[str, Path]:
         figures = study_figures(study, out_dir)
         blocks += study_blocks(study, figures)
         written.update({f"{study['name']}:{name}": path for name, path in figures.items()})
-    markdown, page = out_dir / "report.md", out_dir / "report.html"
-    markdown.write_text(to_markdown(blocks))
-    page.write_text(to_html(blocks, out_dir))
-    return {"markdown": markdown, "html": page, **written}
+    return {**write_pages(blocks, out_dir), **written}
