@@ -99,6 +99,34 @@ def test_experiment_lists_and_runs_one(capsys, tmp_path) -> None:
     assert f"in {out_dir}" in printed
 
 
+def test_each_experiment_parses_its_own_definition_of_a_shared_flag(
+    capsys, tmp_path, monkeypatch
+) -> None:
+    from natgrad.experiments.registry import EXPERIMENTS, Experiment, ExperimentOption
+
+    received = {}
+
+    def recorder(name):
+        def run(out_dir, quick, **options):
+            received[name] = options
+            return {}
+
+        return run
+
+    for name, kind in (("counts", int), ("fractions", float)):
+        option = ExperimentOption("--size", f"a {kind.__name__} (default: none)", kind)
+        monkeypatch.setitem(
+            EXPERIMENTS, name, Experiment(name, "test", recorder(name), options=(option,))
+        )
+    out = ["--out", str(tmp_path / "out")]
+    assert main(["experiment", "fractions", "--size", "0.5", *out]) == 0
+    assert main(["experiment", "counts", "--size", "3", *out]) == 0
+    assert received == {"fractions": {"size": 0.5}, "counts": {"size": 3}}
+    assert main(["experiment", "nqm", "--size", "3", *out]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "takes no --size" in error
+
+
 def test_long_lists_are_summarized_for_printing() -> None:
     from natgrad.cli import _without_long_lists
 

@@ -251,29 +251,35 @@ def run_data_list(args: argparse.Namespace) -> int:
 
 
 def add_experiment_parser(commands) -> None:
-    parser = commands.add_parser("experiment", help="run one of the seed's experiments")
-    parser.add_argument("name", nargs="?", help="experiment name (omit to list them)")
-    parser.add_argument("--out", help="output folder (default: runs/NAME)")
-    parser.add_argument(
-        "--quick", action="store_true", help="a smaller, faster version (default: off)"
-    )
-    from natgrad.experiments.registry import every_option
+    """``natgrad experiment [NAME [options]]``: one subparser per experiment, with its own
+    options (a flag two experiments share is defined by each)."""
+    from natgrad.experiments.registry import EXPERIMENTS
 
-    for option in every_option().values():
-        parser.add_argument(option.flag, type=option.type, help=option.help)
-    parser.set_defaults(handler=run_experiment)
+    parser = commands.add_parser("experiment", help="run one of the seed's experiments")
+    names = parser.add_subparsers(
+        dest="name", metavar="NAME", help="experiment name (omit to list them)"
+    )
+    for experiment in EXPERIMENTS.values():
+        sub = names.add_parser(experiment.name, help=experiment.description)
+        sub.add_argument("--out", help=f"output folder (default: runs/{experiment.name})")
+        sub.add_argument(
+            "--quick", action="store_true", help="a smaller, faster version (default: off)"
+        )
+        for option in experiment.options:
+            sub.add_argument(option.flag, type=option.type, help=option.help)
+    parser.set_defaults(handler=run_experiment, name=None)
 
 
 def run_experiment(args: argparse.Namespace) -> int:
-    from natgrad.experiments.registry import EXPERIMENTS, chosen_options, every_option
+    from natgrad.experiments.registry import EXPERIMENTS
 
     if args.name is None:
         for experiment in EXPERIMENTS.values():
             print(f"{experiment.name:28s} {experiment.description}")
         return 0
     experiment = EXPERIMENTS.lookup(args.name)
-    values = {option.dest: getattr(args, option.dest) for option in every_option().values()}
-    options = chosen_options(experiment, values)
+    given = {option.dest: getattr(args, option.dest) for option in experiment.options}
+    options = {dest: value for dest, value in given.items() if value is not None}
     out_dir = Path(args.out or f"runs/{args.name}")
     if not experiment.options:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -281,6 +287,19 @@ def run_experiment(args: argparse.Namespace) -> int:
     print(json_dumps(_without_long_lists(results), indent=2, sort_keys=True, default=str))
     print(f"figures and results.json (with every curve) in {out_dir}")
     return 0
+
+
+def reject_unrecognized(parser: argparse.ArgumentParser, args, unrecognized: list[str]) -> None:
+    """argparse's error for arguments no parser took; for an experiment, one line naming
+    the flags it does not take and those it does (a ValueError)."""
+    if getattr(args, "command", None) == "experiment" and args.name is not None:
+        from natgrad.experiments.registry import EXPERIMENTS, chosen_options
+
+        flags = [text.partition("=")[0] for text in unrecognized if text.startswith("--")]
+        if flags:
+            given = {flag.removeprefix("--").replace("-", "_"): True for flag in flags}
+            chosen_options(EXPERIMENTS.lookup(args.name), given)  # raises, naming them
+    parser.error(f"unrecognized arguments: {' '.join(unrecognized)}")
 
 
 def _without_long_lists(value, limit: int = 20):
@@ -398,12 +417,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unrecognized = parser.parse_known_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     from natgrad.distributed import RankFailure
     from natgrad.train.runner import RunFolderError, RunWriteError
 
     try:
+        if unrecognized:
+            reject_unrecognized(parser, args, unrecognized)
         set_threads(args.threads)
         return args.handler(args)
     except (ValueError, UsageError, RunFolderError, OSError) as error:
