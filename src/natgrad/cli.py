@@ -333,45 +333,8 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_report_parser(commands) -> None:
-    parser = commands.add_parser(
-        "report",
-        help="write report.md, report.html and figures of a `natgrad compare`, "
-        "`natgrad tune` or `natgrad experiment nqm|batch-scaling` folder",
-    )
-    parser.add_argument("folder", help="the --out folder of `natgrad compare` or `natgrad tune`")
-    parser.add_argument(
-        "--storage",
-        help="storage URL of a tune folder made with --storage (default: study.db in FOLDER)",
-    )
-    parser.set_defaults(handler=run_report)
-
-
-def run_report(args: argparse.Namespace) -> int:
-    """A comparison (results.json) or a tune folder (its studies); else one line."""
-    folder = Path(args.folder)
-    if not folder.is_dir():
-        raise UsageError(f"{folder} is not a folder; pass the --out folder of compare or tune")
-    if (folder / "results.json").exists():  # compare, or the nqm / batch-scaling experiments
-        from natgrad.report.commands import write_results_report
-
-        written = write_results_report(folder)
-    else:
-        from natgrad.tune.summary import is_study_folder, study_folder_summary
-
-        if not is_study_folder(folder) and args.storage is None:
-            raise UsageError(
-                f"{folder} holds neither results.json (natgrad compare) nor studies "
-                f"(natgrad tune); run one of them with --out {folder} first"
-            )
-        from natgrad.report.study import write_study_report
-
-        written = write_study_report(study_folder_summary(folder, args.storage), folder)
-    print(f"report: {written['markdown']} and {written['html']}")
-    return 0
-
-
 from natgrad.bench.commands import add_bench_parser  # noqa: E402
+from natgrad.report.commands import add_report_parser  # noqa: E402
 from natgrad.tune.commands import add_compare_parser, add_tune_parser  # noqa: E402
 
 PARSER_BUILDERS: list[Callable] = [
