@@ -66,21 +66,8 @@ def test_threads_option(tmp_path, capsys) -> None:
 
     before = torch.get_num_threads()
     try:
-        code = main(
-            [
-                "--threads",
-                "1",
-                "train",
-                "--workload",
-                "digits_logreg",
-                "--optimizer",
-                "sgd",
-                "--steps",
-                "3",
-                "--out",
-                str(tmp_path / "run"),
-            ]
-        )
+        train = ["train", "--workload", "digits_logreg", "--optimizer", "sgd", "--steps", "3"]
+        code = main(["--threads", "1", *train, "--out", str(tmp_path / "run")])
         assert code == 0 and torch.get_num_threads() == 1
         assert main(["--threads", "0", "workloads"]) == 2
         assert "--threads must be >= 1" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from natgrad.report.document import Block, fmt, write_pages
-from natgrad.report.figures import plt, save_figure
+from natgrad.report.figures import plt, save_figure, scatter_lr_eps
 
 
 def searched(study: dict) -> set[str]:
@@ -49,15 +49,8 @@ def lr_panel(study: dict, path: Path) -> Path:
 
 
 def lr_eps_panel(study: dict, path: Path) -> Path:
-    done = [t for t in study["trials"] if t["value"] is not None]
     figure, axis = plt.subplots(figsize=(5.5, 4))
-    scatter = axis.scatter(
-        [t["hyperparameters"]["lr"] for t in done],
-        [t["hyperparameters"]["eps"] for t in done],
-        c=[t["value"] for t in done],
-        cmap="viridis_r",
-        s=30,
-    )
+    scatter = scatter_lr_eps(axis, study["trials"])
     figure.colorbar(scatter, ax=axis, label=study["metric"])
     axis.set(xscale="log", yscale="log", xlabel="lr", ylabel="eps", title=study["name"])
     return save_figure(figure, path)
