@@ -30,6 +30,30 @@ def test_optimizers_lists_hyperparameters_and_spaces(capsys) -> None:
     assert "restricted" in out and "full" in out
 
 
+def test_bench_step_parses_set_as_train_does_before_loading_data(capsys, monkeypatch) -> None:
+    import natgrad.bench.step as step
+
+    def no_data(batch):
+        raise AssertionError("data loaded before --set was checked")
+
+    monkeypatch.setattr(step, "fashion_batch", no_data)
+    assert main(["bench", "step", "--set", "stat_every=two", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "stat_every" in err and "'two'" in err and len(err.strip().splitlines()) == 1
+    hparams = step.kfac_hyperparameters("kfac", _bench_step_args("kl_clip=none", "stat_every=3"))
+    assert hparams["kl_clip"] is None and hparams["stat_every"] == 3
+
+
+def _bench_step_args(*assignments: str):
+    import argparse
+
+    import natgrad.bench.step as step
+
+    parser = argparse.ArgumentParser()
+    step.add_arguments(parser)
+    return parser.parse_args([f"--set={a}" for a in assignments])
+
+
 def test_data_list_and_bad_fetch(capsys, tmp_path) -> None:
     assert main(["data", "list"]) == 0
     assert "fashion-mnist" in capsys.readouterr().out
@@ -42,21 +66,8 @@ def test_threads_option(tmp_path, capsys) -> None:
 
     before = torch.get_num_threads()
     try:
-        code = main(
-            [
-                "--threads",
-                "1",
-                "train",
-                "--workload",
-                "digits_logreg",
-                "--optimizer",
-                "sgd",
-                "--steps",
-                "3",
-                "--out",
-                str(tmp_path / "run"),
-            ]
-        )
+        train = ["train", "--workload", "digits_logreg", "--optimizer", "sgd", "--steps", "3"]
+        code = main(["--threads", "1", *train, "--out", str(tmp_path / "run")])
         assert code == 0 and torch.get_num_threads() == 1
         assert main(["--threads", "0", "workloads"]) == 2
         assert "--threads must be >= 1" in capsys.readouterr().err
@@ -73,6 +84,34 @@ def test_experiment_lists_and_runs_one(capsys, tmp_path) -> None:
     printed = capsys.readouterr().out
     assert (out_dir / "results.json").is_file()
     assert f"in {out_dir}" in printed
+
+
+def test_each_experiment_parses_its_own_definition_of_a_shared_flag(
+    capsys, tmp_path, monkeypatch
+) -> None:
+    from natgrad.experiments.registry import EXPERIMENTS, Experiment, ExperimentOption
+
+    received = {}
+
+    def recorder(name):
+        def run(out_dir, quick, **options):
+            received[name] = options
+            return {}
+
+        return run
+
+    for name, kind in (("counts", int), ("fractions", float)):
+        option = ExperimentOption("--size", f"a {kind.__name__} (default: none)", kind)
+        monkeypatch.setitem(
+            EXPERIMENTS, name, Experiment(name, "test", recorder(name), options=(option,))
+        )
+    out = ["--out", str(tmp_path / "out")]
+    assert main(["experiment", "fractions", "--size", "0.5", *out]) == 0
+    assert main(["experiment", "counts", "--size", "3", *out]) == 0
+    assert received == {"fractions": {"size": 0.5}, "counts": {"size": 3}}
+    assert main(["experiment", "nqm", "--size", "3", *out]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "takes no --size" in error
 
 
 def test_long_lists_are_summarized_for_printing() -> None:

@@ -251,29 +251,35 @@ def run_data_list(args: argparse.Namespace) -> int:
 
 
 def add_experiment_parser(commands) -> None:
-    parser = commands.add_parser("experiment", help="run one of the seed's experiments")
-    parser.add_argument("name", nargs="?", help="experiment name (omit to list them)")
-    parser.add_argument("--out", help="output folder (default: runs/NAME)")
-    parser.add_argument(
-        "--quick", action="store_true", help="a smaller, faster version (default: off)"
-    )
-    from natgrad.experiments.registry import every_option
+    """``natgrad experiment [NAME [options]]``: one subparser per experiment, with its own
+    options (a flag two experiments share is defined by each)."""
+    from natgrad.experiments.registry import EXPERIMENTS
 
-    for option in every_option().values():
-        parser.add_argument(option.flag, type=option.type, help=option.help)
-    parser.set_defaults(handler=run_experiment)
+    parser = commands.add_parser("experiment", help="run one of the seed's experiments")
+    names = parser.add_subparsers(
+        dest="name", metavar="NAME", help="experiment name (omit to list them)"
+    )
+    for experiment in EXPERIMENTS.values():
+        sub = names.add_parser(experiment.name, help=experiment.description)
+        sub.add_argument("--out", help=f"output folder (default: runs/{experiment.name})")
+        sub.add_argument(
+            "--quick", action="store_true", help="a smaller, faster version (default: off)"
+        )
+        for option in experiment.options:
+            sub.add_argument(option.flag, type=option.type, help=option.help)
+    parser.set_defaults(handler=run_experiment, name=None)
 
 
 def run_experiment(args: argparse.Namespace) -> int:
-    from natgrad.experiments.registry import EXPERIMENTS, chosen_options, every_option
+    from natgrad.experiments.registry import EXPERIMENTS
 
     if args.name is None:
         for experiment in EXPERIMENTS.values():
             print(f"{experiment.name:28s} {experiment.description}")
         return 0
     experiment = EXPERIMENTS.lookup(args.name)
-    values = {option.dest: getattr(args, option.dest) for option in every_option().values()}
-    options = chosen_options(experiment, values)
+    given = {option.dest: getattr(args, option.dest) for option in experiment.options}
+    options = {dest: value for dest, value in given.items() if value is not None}
     out_dir = Path(args.out or f"runs/{args.name}")
     if not experiment.options:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -281,6 +287,19 @@ def run_experiment(args: argparse.Namespace) -> int:
     print(json_dumps(_without_long_lists(results), indent=2, sort_keys=True, default=str))
     print(f"figures and results.json (with every curve) in {out_dir}")
     return 0
+
+
+def reject_unrecognized(parser: argparse.ArgumentParser, args, unrecognized: list[str]) -> None:
+    """argparse's error for arguments no parser took; for an experiment, one line naming
+    the flags it does not take and those it does (a ValueError)."""
+    if getattr(args, "command", None) == "experiment" and args.name is not None:
+        from natgrad.experiments.registry import EXPERIMENTS, chosen_options
+
+        flags = [text.partition("=")[0] for text in unrecognized if text.startswith("--")]
+        if flags:
+            given = {flag.removeprefix("--").replace("-", "_"): True for flag in flags}
+            chosen_options(EXPERIMENTS.lookup(args.name), given)  # raises, naming them
+    parser.error(f"unrecognized arguments: {' '.join(unrecognized)}")
 
 
 def _without_long_lists(value, limit: int = 20):
@@ -314,45 +333,8 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_report_parser(commands) -> None:
-    parser = commands.add_parser(
-        "report",
-        help="write report.md, report.html and figures of a `natgrad compare`, "
-        "`natgrad tune` or `natgrad experiment nqm|batch-scaling` folder",
-    )
-    parser.add_argument("folder", help="the --out folder of `natgrad compare` or `natgrad tune`")
-    parser.add_argument(
-        "--storage",
-        help="storage URL of a tune folder made with --storage (default: study.db in FOLDER)",
-    )
-    parser.set_defaults(handler=run_report)
-
-
-def run_report(args: argparse.Namespace) -> int:
-    """A comparison (results.json) or a tune folder (its studies); else one line."""
-    folder = Path(args.folder)
-    if not folder.is_dir():
-        raise UsageError(f"{folder} is not a folder; pass the --out folder of compare or tune")
-    if (folder / "results.json").exists():  # compare, or the nqm / batch-scaling experiments
-        from natgrad.report.commands import write_results_report
-
-        written = write_results_report(folder)
-    else:
-        from natgrad.tune.summary import is_study_folder, study_folder_summary
-
-        if not is_study_folder(folder) and args.storage is None:
-            raise UsageError(
-                f"{folder} holds neither results.json (natgrad compare) nor studies "
-                f"(natgrad tune); run one of them with --out {folder} first"
-            )
-        from natgrad.report.study import write_study_report
-
-        written = write_study_report(study_folder_summary(folder, args.storage), folder)
-    print(f"report: {written['markdown']} and {written['html']}")
-    return 0
-
-
 from natgrad.bench.commands import add_bench_parser  # noqa: E402
+from natgrad.report.commands import add_report_parser  # noqa: E402
 from natgrad.tune.commands import add_compare_parser, add_tune_parser  # noqa: E402
 
 PARSER_BUILDERS: list[Callable] = [
@@ -398,12 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unrecognized = parser.parse_known_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     from natgrad.distributed import RankFailure
     from natgrad.train.runner import RunFolderError, RunWriteError
 
     try:
+        if unrecognized:
+            reject_unrecognized(parser, args, unrecognized)
         set_threads(args.threads)
         return args.handler(args)
     except (ValueError, UsageError, RunFolderError, OSError) as error:

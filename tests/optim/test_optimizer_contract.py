@@ -3,7 +3,9 @@
 Every entry of ``natgrad.optim.OPTIMIZERS`` is built through the registry, as the
 command line and the tuner build it, and must: resume exactly from a state_dict saved
 with ``torch.save`` and loaded with ``weights_only=True``; follow an LR scheduler;
-refuse a bad hyperparameter with a ValueError naming it; state the closure contract
+refuse a bad hyperparameter with a ValueError naming it; take every registry default from
+its constructor's signature unless the entry declares it in its preset (the command
+line's settings); state the closure contract
 when it owns the backward pass; and converge on a small least-squares problem and a
 tiny classifier (and, for first-order optimizers, on Rosenbrock's function) at some
 learning rate of a coarse grid. A new optimizer gets the whole contract by its
@@ -13,6 +15,7 @@ registration.
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 import math
 
@@ -150,6 +153,37 @@ def test_an_lr_scheduler_drives_the_step(name):
     start = torch.cat([p.detach().flatten() for p in _classifier()[0].parameters()])
     torch.testing.assert_close(final[0.0], start, rtol=0, atol=0)  # lr 0: nothing moves
     assert not torch.equal(final[0.5], final[1.0])
+
+
+def _constructor_defaults(name: str) -> dict[str, object]:
+    """The keyword defaults of the class the registry builds for ``name`` (none when it
+    cannot be built here)."""
+    spec = OPTIMIZERS[name]
+    try:
+        spec.check_available()
+    except ValueError:
+        return {}
+    model, _, _ = _classifier()
+    optimizer_class = type(_quietly(_build, name, model, "categorical"))
+    parameters = inspect.signature(optimizer_class).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_registry_defaults_are_the_signature_defaults_or_the_declared_preset(name):
+    spec = OPTIMIZERS[name]
+    signature = _constructor_defaults(name)
+    for hyper in spec.hyperparameters:
+        if hyper.name in SCHEDULE_NAMES:  # the runner's, not the constructor's
+            continue
+        if hyper.name in spec.preset:
+            expected, source = spec.preset[hyper.name], "its preset"
+        else:
+            assert hyper.name in signature, f"{name}: {hyper.name} has no signature default"
+            expected, source = signature[hyper.name], "the signature"
+        assert hyper.default == expected and type(hyper.default) is type(expected), (
+            f"{name}: registry default {hyper.name}={hyper.default!r}, {source} says {expected!r}"
+        )
 
 
 def _float_hyperparameters(name: str) -> list[str]:

@@ -75,3 +75,20 @@ def test_report_command_dispatches_on_the_experiment(tmp_path, capsys):
     assert "# Batch-size scaling" in (tmp_path / "report.md").read_text()
     for name in ("steps_to_target", "examples_to_target", "best_learning_rate"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+
+
+def test_every_page_and_figure_is_written_atomically(tmp_path, monkeypatch):
+    import natgrad.jsonio
+
+    renamed = []
+    rename = natgrad.jsonio.os.replace
+
+    def spy(source, target):
+        renamed.append(target)
+        rename(source, target)
+
+    monkeypatch.setattr(natgrad.jsonio.os, "replace", spy)
+    written = write_scaling_report(synthetic_results(), tmp_path)
+    assert {"markdown", "html"} <= set(written) and len(written) > 2
+    assert sorted(map(str, renamed)) == sorted(str(path) for path in written.values())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left

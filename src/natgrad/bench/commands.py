@@ -25,7 +25,7 @@ def add_bench_parser(commands) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    benchmark = load_benchmarks()[args.benchmark]
+    benchmark = load_benchmarks().lookup(args.benchmark)
     results = benchmark.run(args)
     if args.json:
         print(json.dumps(results, default=str))

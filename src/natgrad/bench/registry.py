@@ -11,6 +11,8 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from natgrad.registry import Registry
+
 
 @dataclass(frozen=True)
 class Benchmark:
@@ -21,17 +23,15 @@ class Benchmark:
     report: Callable[[dict], str] | None = None  # a table; None: run prints its own
 
 
-BENCHMARKS: dict[str, Benchmark] = {}
+BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
 
 
 def register_benchmark(benchmark: Benchmark) -> Benchmark:
-    if benchmark.name in BENCHMARKS:
-        raise ValueError(f"benchmark {benchmark.name!r} is already registered")
-    BENCHMARKS[benchmark.name] = benchmark
-    return benchmark
+    """Add ``benchmark`` under its name; a name can be registered once."""
+    return BENCHMARKS.add(benchmark.name, benchmark)
 
 
-def load_benchmarks() -> dict[str, Benchmark]:
+def load_benchmarks() -> Registry[Benchmark]:
     """Every registered benchmark (importing their modules registers them)."""
     from natgrad.bench import inversion, step, time_to_target  # noqa: F401
 

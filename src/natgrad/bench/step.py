@@ -35,7 +35,6 @@ default cuda when present) every timed step ends with a device synchronization.
 from __future__ import annotations
 
 import argparse
-import ast
 import copy
 import json
 import os
@@ -53,7 +52,13 @@ from natgrad.bench.timing import check_device, default_device, peak_rss_mib, sum
 from natgrad.curvature.likelihoods import get_likelihood
 from natgrad.optim.first_order import Momentum
 from natgrad.optim.kfac import KFAC
-from natgrad.optim.registry import BuildContext, get_optimizer_spec, resolve_hyperparameters
+from natgrad.optim.registry import (
+    BuildContext,
+    HyperValue,
+    get_optimizer_spec,
+    parse_assignments,
+    resolve_hyperparameters,
+)
 from natgrad.workloads.models import deep_autoencoder
 
 WEIGHT_DECAY = 1e-5
@@ -69,10 +74,17 @@ def fashion_batch(batch: int) -> Tensor:
     return images
 
 
-def build_kfac(model: nn.Module, name: str, args: argparse.Namespace) -> KFAC:
-    """The registry's ``name`` ("kfac" or "kfac_adaptive") at its defaults plus ``--set``."""
+def kfac_hyperparameters(name: str, args: argparse.Namespace) -> dict[str, HyperValue]:
+    """The registry's ``name`` ("kfac" or "kfac_adaptive") at its defaults plus ``--set``,
+    parsed as the train command parses it."""
     spec = get_optimizer_spec(name)
-    hparams = resolve_hyperparameters(spec, dict(args.overrides))
+    return resolve_hyperparameters(spec, parse_assignments(spec, args.overrides))
+
+
+def build_kfac(model: nn.Module, name: str, args: argparse.Namespace) -> KFAC:
+    """The registry's ``name`` with :func:`kfac_hyperparameters`."""
+    spec = get_optimizer_spec(name)
+    hparams = kfac_hyperparameters(name, args)
     return spec.build(model, BuildContext("bernoulli", WEIGHT_DECAY), hparams)
 
 
@@ -201,7 +213,7 @@ def measure_memory(batch: int, args: argparse.Namespace) -> dict[str, dict]:
         command = [sys.executable, "-m", "natgrad.bench.step", "--memory-child", name]
         command += ["--batch", str(batch), "--device", "cpu"]
         command += ["--memory-steps", str(args.memory_steps)]
-        command += [f"--set={key}={value}" for key, value in args.overrides]
+        command += [f"--set={assignment}" for assignment in args.overrides]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[name] = json.loads(output.strip().splitlines()[-1])
     return results
@@ -231,15 +243,6 @@ def report_memory(memory: dict[str, dict]) -> None:
         )
 
 
-def parse_override(text: str) -> tuple[str, object]:
-    """``key=value`` with the value read as a Python literal when it is one."""
-    key, _, raw = text.partition("=")
-    try:
-        return key, ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return key, raw
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batches",
@@ -266,7 +269,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set",
         dest="overrides",
-        type=parse_override,
+        metavar="NAME=VALUE",
         action="append",
         default=[],
         help="hyperparameter override for every K-FAC, e.g. --set stat_every=2 (default: none)",
@@ -299,6 +302,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     positive_int("--memory-steps", args.memory_steps)
     if not args.kfacs:
         raise ValueError("--kfacs must name at least one K-FAC preset")
+    for name in args.kfacs:
+        kfac_hyperparameters(name, args)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -314,8 +319,7 @@ def run(args: argparse.Namespace) -> dict:
         f"load average={os.getloadavg()[0]:.1f} steps={args.steps}"
     )
     for name in args.kfacs:
-        spec = get_optimizer_spec(name)
-        log(f"{name}: {resolve_hyperparameters(spec, dict(args.overrides))}")
+        log(f"{name}: {kfac_hyperparameters(name, args)}")
     for batch in args.batches:
         inputs = fashion_batch(batch).to(args.device)
         times = alternating_times(inputs, args)

@@ -1,9 +1,10 @@
 """Optimizers: the seed's first-order rules and the second-order methods."""
 
+from natgrad.optim import catalog  # noqa: F401  (registers every optimizer)
 from natgrad.optim.first_order import SGD, Adam, Momentum, NAdam, Nesterov, RMSProp
-from natgrad.optim.kfac import KFAC  # noqa: E402  (second-order; registers "kfac")
-from natgrad.optim.natural_gradient import NaturalGradient  # noqa: E402  (registers "ngd")
-from natgrad.optim.peers import MuonAdamW  # noqa: E402  (adamw, muon, soap, shampoo)
+from natgrad.optim.kfac import KFAC
+from natgrad.optim.natural_gradient import NaturalGradient
+from natgrad.optim.peers import MuonAdamW
 from natgrad.optim.registry import OPTIMIZERS, get_optimizer_spec, register_optimizer
 from natgrad.optim.schedules import (
     SCHEDULE_HYPERPARAMETERS,

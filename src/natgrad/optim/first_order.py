@@ -16,16 +16,9 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from natgrad.optim import functional
-from natgrad.optim.registry import (
-    BuildContext,
-    Hyperparameter,
-    OptimizerSpec,
-    register_optimizer,
-)
-from natgrad.optim.schedules import SCHEDULE_HYPERPARAMETERS
 
 ParamsT = Iterable[Tensor] | Iterable[dict]
 
@@ -296,63 +289,3 @@ class NAdam(Adam):
     """NAdam: Adam with the numerator ``beta1 m + (1 - beta1) g`` (Dozat 2016; Choi et al.)."""
 
     nesterov = True
-
-
-# ---------------------------------------------------------------- registration
-
-_WEIGHT_DECAY = Hyperparameter(
-    "weight_decay", None, "L2 coefficient added to the gradient (>= 0; None = workload default)"
-)
-_MOMENTUM = Hyperparameter("momentum", 0.9, "momentum gamma in [0, 1]")
-_EPS = Hyperparameter("eps", 1e-8, "denominator offset eps >= 0")
-
-
-def _lr(default: float) -> Hyperparameter:
-    return Hyperparameter("lr", default, "learning rate >= 0")
-
-
-def _factory(optimizer_class: type[FirstOrderOptimizer]):
-    """A registry factory over ``model.parameters()``."""
-
-    def build(model: nn.Module, ctx: BuildContext, kwargs: dict) -> torch.optim.Optimizer:
-        return optimizer_class(model.parameters(), **kwargs)
-
-    return build
-
-
-def _register(
-    name: str,
-    optimizer_class: type[FirstOrderOptimizer],
-    description: str,
-    hyperparameters: tuple[Hyperparameter, ...],
-) -> None:
-    register_optimizer(
-        OptimizerSpec(
-            name=name,
-            description=description,
-            factory=_factory(optimizer_class),
-            hyperparameters=hyperparameters + (_WEIGHT_DECAY,) + SCHEDULE_HYPERPARAMETERS,
-        )
-    )
-
-
-_BETA1 = Hyperparameter("beta1", 0.9, "first-moment decay beta1 in [0, 1)")
-_BETA2 = Hyperparameter("beta2", 0.999, "second-moment decay beta2 in [0, 1]")
-
-_register("sgd", SGD, "SGD: theta -= lr g", (_lr(0.1),))
-_register("momentum", Momentum, "heavy-ball momentum (Choi et al.)", (_lr(0.1), _MOMENTUM))
-_register("nesterov", Nesterov, "Nesterov momentum (Choi et al.)", (_lr(0.1), _MOMENTUM))
-_register(
-    "rmsprop",
-    RMSProp,
-    "RMSProp with v_0 = 1 and lr in the momentum buffer (Choi et al.)",
-    (
-        _lr(1e-3),
-        _MOMENTUM,
-        Hyperparameter("rho", 0.9, "second-moment decay rho in [0, 1]"),
-        _EPS,
-        Hyperparameter("eps_inside_sqrt", False, "use sqrt(v + eps) instead of sqrt(v) + eps"),
-    ),
-)
-_register("adam", Adam, "Adam, eps before bias correction", (_lr(1e-3), _BETA1, _BETA2, _EPS))
-_register("nadam", NAdam, "NAdam, eps before bias correction", (_lr(1e-3), _BETA1, _BETA2, _EPS))

@@ -66,13 +66,6 @@ from natgrad.optim.closure import (
     check_outputs_made_by,
     closure_result,
 )
-from natgrad.optim.registry import (
-    BuildContext,
-    Hyperparameter,
-    OptimizerSpec,
-    register_optimizer,
-)
-from natgrad.optim.schedules import SCHEDULE_HYPERPARAMETERS
 
 Closure = Callable[[], tuple[Tensor, Tensor]]
 FISHER_KINDS = ("exact", "mc", "empirical")
@@ -360,43 +353,6 @@ class NaturalGradient(torch.optim.Optimizer):
         if generator_state is not None:
             self.generator.set_state(generator_state)
 
-
-# ---------------------------------------------------------------- registration
-
-_HYPERPARAMETERS = (
-    Hyperparameter("lr", 1.0, "step size >= 0 (1 = full natural-gradient step)"),
-    Hyperparameter(
-        "damping", 0.1, "Tikhonov damping lambda >= 0 (mini-batch curvature needs a large one)"
-    ),
-    Hyperparameter("fisher", "exact", "Fisher kind: exact | mc | empirical"),
-    Hyperparameter("curvature", "fisher", "curvature matrix: fisher | hessian"),
-    Hyperparameter("solver", "auto", f"dense | cg | auto (dense up to {DENSE_AUTO_LIMIT} params)"),
-    Hyperparameter("momentum", 0.0, "momentum mu in [0, 1]"),
-    Hyperparameter("mc_samples", 1, "sampled targets per example for fisher=mc (int >= 1)"),
-    Hyperparameter("cg_tol", 1e-6, "CG relative residual tolerance > 0"),
-    Hyperparameter("cg_max_iter", 100, "CG iteration cap (int >= 1)"),
-    Hyperparameter(
-        "weight_decay",
-        None,
-        "L2 coefficient eta >= 0 added to the gradient and the damping (None = workload default)",
-    ),
-)
-
-
-def _build(model: nn.Module, ctx: BuildContext, kwargs: dict) -> torch.optim.Optimizer:
-    return NaturalGradient(model, likelihood=ctx.likelihood, **kwargs)
-
-
-register_optimizer(
-    OptimizerSpec(
-        name="ngd",
-        description="exact natural gradient / damped Newton: theta -= lr (C + lambda I)^-1 g",
-        factory=_build,
-        hyperparameters=_HYPERPARAMETERS + SCHEDULE_HYPERPARAMETERS,
-        second_order=True,
-        data_parallel=False,  # its dense curvature is of the local batch only
-    )
-)
 
 __all__ = [
     "NaturalGradient",

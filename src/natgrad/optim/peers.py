@@ -28,11 +28,7 @@ from torch import Tensor, nn
 
 from natgrad.optim.registry import (
     BuildContext,
-    Hyperparameter,
-    OptimizerSpec,
-    register_optimizer,
 )
-from natgrad.optim.schedules import SCHEDULE_HYPERPARAMETERS
 
 HEAVYBALL_REQUIREMENT = "heavyball==3.2.1"
 INSTALL_PEERS = f'pip install -e ".[peers]" (or pip install {HEAVYBALL_REQUIREMENT})'
@@ -233,14 +229,18 @@ def import_heavyball(optimizer: str):
     return heavyball
 
 
-def _heavyball_unavailable(optimizer: str):
+def heavyball_unavailable(optimizer: str):
+    """Why ``optimizer`` cannot be built here (heavyball absent), or None."""
+
     def reason() -> str | None:
         return None if heavyball_available() else _missing_heavyball(optimizer)
 
     return reason
 
 
-def _heavyball_factory(optimizer: str, class_name: str):
+def heavyball_factory(optimizer: str, class_name: str):
+    """A registry factory for heavyball's ``class_name`` (imported when it is built)."""
+
     def build(model: nn.Module, ctx: BuildContext, kwargs: dict) -> torch.optim.Optimizer:
         kwargs = dict(kwargs)
         beta1, beta2 = kwargs.pop("beta1"), kwargs.pop("beta2")
@@ -259,71 +259,6 @@ def _heavyball_factory(optimizer: str, class_name: str):
     return build
 
 
-# ---------------------------------------------------------------- registration
-
-
-def _lr(default: float) -> Hyperparameter:
-    return Hyperparameter("lr", default, "learning rate >= 0")
-
-
-_BETA1 = Hyperparameter("beta1", 0.9, "first-moment decay beta1 in [0, 1)")
-_EPS = Hyperparameter("eps", 1e-8, "denominator offset eps >= 0")
-_DECOUPLED_DECAY = Hyperparameter(
-    "weight_decay", 0.01, "decoupled weight decay: theta *= 1 - lr * weight_decay (>= 0)"
-)
-
-_ADAMW = (_lr(1e-3), _BETA1, Hyperparameter("beta2", 0.999, "second-moment decay in [0, 1)"))
-_MUON = (
-    Hyperparameter("lr", 1e-3, "learning rate of both rules >= 0 (Muon's is rescaled by shape)"),
-    Hyperparameter("adam_lr", None, "AdamW's learning rate >= 0 (None = lr)", nullable=True),
-    Hyperparameter("momentum", 0.95, "Muon's Nesterov momentum in [0, 1)"),
-    Hyperparameter("nesterov", True, "Nesterov momentum in Muon"),
-    Hyperparameter("ns_steps", 5, "Newton-Schulz iterations (int >= 1)"),
-    Hyperparameter(
-        "adjust_lr_fn", "match_rms_adamw", "Muon's lr by shape: original | match_rms_adamw"
-    ),
-    _BETA1,
-    Hyperparameter("beta2", 0.999, "AdamW's second-moment decay in [0, 1)"),
-)
-_HEAVYBALL = (
-    _lr(3e-3),
-    _BETA1,
-    Hyperparameter("beta2", 0.95, "second-moment decay in [0, 1)"),
-    Hyperparameter("shampoo_beta", 0.95, "decay of the Kronecker factors in [0, 1)"),
-    Hyperparameter("precondition_frequency", 2, "steps between eigenbasis updates (int >= 1)"),
-    Hyperparameter("max_precond_dim", 2048, "larger dimensions are not preconditioned (int)"),
-)
-
-PEERS = {
-    "adamw": (build_adamw, "torch.optim.AdamW (decoupled weight decay)", _ADAMW + (_EPS,)),
-    "muon": (
-        build_muon,
-        "torch.optim.Muon on hidden-layer weight matrices, AdamW on the rest",
-        _MUON + (_EPS,),
-    ),
-    "soap": (
-        _heavyball_factory("soap", "SOAP"),
-        "SOAP (Vyas et al. 2024) from heavyball, eager; needs the peers extra",
-        _HEAVYBALL + (_EPS,),
-    ),
-    "shampoo": (
-        _heavyball_factory("shampoo", "KLShampoo"),
-        "KL-Shampoo (Lin et al. 2025) from heavyball, eager; needs the peers extra",
-        _HEAVYBALL + (_EPS,),
-    ),
-}
-
-for _name, (_factory, _description, _hyperparameters) in PEERS.items():
-    register_optimizer(
-        OptimizerSpec(
-            name=_name,
-            description=_description,
-            factory=_factory,
-            hyperparameters=_hyperparameters + (_DECOUPLED_DECAY,) + SCHEDULE_HYPERPARAMETERS,
-            unavailable=_heavyball_unavailable(_name) if _name in ("soap", "shampoo") else None,
-        )
-    )
-
 __all__ = [
     "HEAVYBALL_REQUIREMENT",
     "INSTALL_PEERS",
@@ -332,6 +267,8 @@ __all__ = [
     "build_adamw",
     "build_muon",
     "heavyball_available",
+    "heavyball_factory",
+    "heavyball_unavailable",
     "hidden_layer_matrices",
     "import_heavyball",
 ]

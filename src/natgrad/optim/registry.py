@@ -9,7 +9,7 @@ closure that returns ``(loss, outputs)``; first-order ones are stepped after
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -58,6 +58,9 @@ class OptimizerSpec:
     data_parallel: bool = True
     # why it cannot be built here (an optional package absent), or None
     unavailable: Callable[[], str | None] | None = None
+    # the defaults that are not the constructor's: the command line's settings
+    # (natgrad.optim.catalog); every other default is the constructor's own
+    preset: Mapping[str, HyperValue] = field(default_factory=dict)
 
     def check_available(self) -> None:
         """ValueError (one line: what to install) if the optimizer cannot be built here."""

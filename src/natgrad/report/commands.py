@@ -1,8 +1,10 @@
-"""Reading what ``natgrad report`` renders: results.json of a ``natgrad compare`` folder,
-or of the ``nqm`` and ``batch-scaling`` experiments."""
+"""``natgrad report FOLDER``: its options, and reading what it renders (results.json of
+a ``natgrad compare`` folder or of the ``nqm`` and ``batch-scaling`` experiments, or the
+studies of a ``natgrad tune`` folder)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -59,3 +61,42 @@ def load_results(folder: Path) -> dict:
             f"run `natgrad compare --out {folder}` again"
         )
     return results
+
+
+def add_report_parser(commands) -> None:
+    parser = commands.add_parser(
+        "report",
+        help="write report.md, report.html and figures of a `natgrad compare`, "
+        "`natgrad tune` or `natgrad experiment nqm|batch-scaling` folder",
+    )
+    parser.add_argument("folder", help="the --out folder of `natgrad compare` or `natgrad tune`")
+    parser.add_argument(
+        "--storage",
+        help="storage URL of a tune folder made with --storage (default: study.db in FOLDER)",
+    )
+    parser.set_defaults(handler=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """A comparison (results.json) or a tune folder (its studies); else one line."""
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder; pass the --out folder of compare or tune")
+    if (folder / "results.json").exists():  # compare, or the nqm / batch-scaling experiments
+        written = write_results_report(folder)
+    else:
+        from natgrad.tune.summary import is_study_folder, study_folder_summary
+
+        if not is_study_folder(folder) and args.storage is None:
+            raise ValueError(
+                f"{folder} holds neither results.json (natgrad compare) nor studies "
+                f"(natgrad tune); run one of them with --out {folder} first"
+            )
+        from natgrad.report.study import write_study_report
+
+        written = write_study_report(study_folder_summary(folder, args.storage), folder)
+    print(f"report: {written['markdown']} and {written['html']}")
+    return 0
+
+
+__all__ = ["add_report_parser", "run_report", "load_results", "write_results_report"]

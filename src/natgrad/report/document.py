@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from natgrad.jsonio import write_text_atomically
 from natgrad.report.figures import write_figures
 
 
@@ -223,12 +224,17 @@ def to_html(blocks: list[Block], folder: Path) -> str:
     )
 
 
+def write_pages(blocks: list[Block], out_dir: Path) -> dict[str, Path]:
+    """Render ``blocks`` as report.md and report.html in ``out_dir``, each written
+    atomically (a reader sees the old page or the new one); returns their paths."""
+    markdown, page = out_dir / "report.md", out_dir / "report.html"
+    write_text_atomically(markdown, to_markdown(blocks))
+    write_text_atomically(page, to_html(blocks, out_dir))
+    return {"markdown": markdown, "html": page}
+
+
 def write_report(results: dict, out_dir: Path) -> dict[str, Path]:
     """Write the figures, report.md and report.html into ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)
     figures = write_figures(results, out_dir)
-    blocks = report_blocks(results, figures)
-    markdown, page = out_dir / "report.md", out_dir / "report.html"
-    markdown.write_text(to_markdown(blocks))
-    page.write_text(to_html(blocks, out_dir))
-    return {"markdown": markdown, "html": page, **figures}
+    return {**write_pages(report_blocks(results, figures), out_dir), **figures}

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import matplotlib
 
+from natgrad.jsonio import replace_atomically
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -33,8 +35,11 @@ def _colour(index: int):
 
 
 def save_figure(figure, path: Path) -> Path:
+    """Write ``figure`` as a PNG at ``path`` atomically and close it."""
     figure.tight_layout()
-    figure.savefig(path, dpi=FIGURE_DPI)
+    replace_atomically(
+        path, lambda stream: figure.savefig(stream, dpi=FIGURE_DPI, format="png"), binary=True
+    )
     plt.close(figure)
     return path
 
@@ -114,6 +119,18 @@ def curves_figure(results: dict, path: Path, column: int, xlabel: str) -> Path:
     return save_figure(figure, path)
 
 
+def scatter_lr_eps(axis, trials: list[dict]):
+    """lr vs eps of the trials that finished, coloured by their value; the colour mapping."""
+    done = [t for t in trials if t["value"] is not None]
+    return axis.scatter(
+        [t["hyperparameters"]["lr"] for t in done],
+        [t["hyperparameters"]["eps"] for t in done],
+        c=[t["value"] for t in done],
+        cmap="viridis_r",
+        s=30,
+    )
+
+
 def lr_eps_figure(results: dict, path: Path) -> Path | None:
     """Scatter of lr vs eps of each trial, coloured by validation value; None if eps is fixed."""
     panels = []
@@ -127,15 +144,8 @@ def lr_eps_figure(results: dict, path: Path) -> Path | None:
         return None
     figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
     for axis, (optimizer, space, trials) in zip(axes[0], panels, strict=True):
-        done = [t for t in trials if t["value"] is not None]
         failed = [t for t in trials if t["value"] is None]
-        scatter = axis.scatter(
-            [t["hyperparameters"]["lr"] for t in done],
-            [t["hyperparameters"]["eps"] for t in done],
-            c=[t["value"] for t in done],
-            cmap="viridis_r",
-            s=30,
-        )
+        scatter = scatter_lr_eps(axis, trials)
         axis.scatter(
             [t["hyperparameters"]["lr"] for t in failed],
             [t["hyperparameters"]["eps"] for t in failed],

@@ -21,10 +21,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from natgrad.report.document import Block, fmt, to_html, to_markdown  # noqa: E402
+from natgrad.report.document import Block, fmt, write_pages  # noqa: E402
+from natgrad.report.figures import save_figure  # noqa: E402
 
 SCALING_EXPERIMENTS = ("nqm", "batch-scaling")
-FIGURE_DPI = 100
 BOUND_TEXT = {"estimate": "", "upper": "<= ", "lower": ">= "}
 
 
@@ -63,13 +63,6 @@ def _mark_unreached(axis, rows: list[dict], key: str, colour) -> None:
     batches, bounds = _unreached(rows, key)
     if batches:
         axis.plot(batches, bounds, "^", color=colour, markerfacecolor="none", linestyle="none")
-
-
-def _save(figure, path: Path) -> Path:
-    figure.tight_layout()
-    figure.savefig(path, dpi=FIGURE_DPI)
-    plt.close(figure)
-    return path
 
 
 def _log_axes(axis, xlabel: str, ylabel: str, title: str) -> None:
@@ -113,7 +106,7 @@ def steps_figure(results: dict, path: Path) -> Path:
         "within the budget",
         title_fontsize=7,
     )
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def examples_figure(results: dict, path: Path) -> Path:
@@ -134,7 +127,7 @@ def examples_figure(results: dict, path: Path) -> Path:
         title="dotted: 2 x minimum examples; open triangle: not reached within the budget",
         title_fontsize=7,
     )
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def learning_rate_figure(results: dict, path: Path) -> Path | None:
@@ -155,7 +148,7 @@ def learning_rate_figure(results: dict, path: Path) -> Path | None:
         return None
     _log_axes(axis, "batch size B", "best learning rate", "Best learning rate vs batch size")
     axis.legend(fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _title(results: dict, kind: str) -> str:
@@ -280,11 +273,7 @@ def write_scaling_report(results: dict, out_dir: Path) -> dict[str, Path]:
     """Figures, report.md and report.html of a scaling folder; returns their paths."""
     out_dir = Path(out_dir)
     figures = write_scaling_figures(results, out_dir)
-    blocks = scaling_blocks(results, figures)
-    markdown, page = out_dir / "report.md", out_dir / "report.html"
-    markdown.write_text(to_markdown(blocks))
-    page.write_text(to_html(blocks, out_dir))
-    return {"markdown": markdown, "html": page, **figures}
+    return {**write_pages(scaling_blocks(results, figures), out_dir), **figures}
 
 
 __all__ = [

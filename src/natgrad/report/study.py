@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from natgrad.report.document import Block, fmt, to_html, to_markdown
-from natgrad.report.figures import plt, save_figure
+from natgrad.report.document import Block, fmt, write_pages
+from natgrad.report.figures import plt, save_figure, scatter_lr_eps
 
 
 def searched(study: dict) -> set[str]:
@@ -49,15 +49,8 @@ def lr_panel(study: dict, path: Path) -> Path:
 
 
 def lr_eps_panel(study: dict, path: Path) -> Path:
-    done = [t for t in study["trials"] if t["value"] is not None]
     figure, axis = plt.subplots(figsize=(5.5, 4))
-    scatter = axis.scatter(
-        [t["hyperparameters"]["lr"] for t in done],
-        [t["hyperparameters"]["eps"] for t in done],
-        c=[t["value"] for t in done],
-        cmap="viridis_r",
-        s=30,
-    )
+    scatter = scatter_lr_eps(axis, study["trials"])
     figure.colorbar(scatter, ax=axis, label=study["metric"])
     axis.set(xscale="log", yscale="log", xlabel="lr", ylabel="eps", title=study["name"])
     return save_figure(figure, path)
@@ -128,7 +121,4 @@ def write_study_report(summary: dict, out_dir: Path) -> dict[str, Path]:
         figures = study_figures(study, out_dir)
         blocks += study_blocks(study, figures)
         written.update({f"{study['name']}:{name}": path for name, path in figures.items()})
-    markdown, page = out_dir / "report.md", out_dir / "report.html"
-    markdown.write_text(to_markdown(blocks))
-    page.write_text(to_html(blocks, out_dir))
-    return {"markdown": markdown, "html": page, **written}
+    return {**write_pages(blocks, out_dir), **written}
