@@ -43,13 +43,7 @@ from natgrad.experiments.registry import (
 )
 from natgrad.experiments.scaling import critical_batch_size, fit_scaling_model
 from natgrad.train.config import RunConfig
-from natgrad.train.runner import (
-    BatchSampler,
-    build_components,
-    evaluate,
-    load_workload_data,
-    train_step,
-)
+from natgrad.train.session import DivergenceRule, TrainingSession, load_workload_data
 from natgrad.tune.spaces import Dimension, SearchSpace
 from natgrad.tune.storage import redact, storage_url
 from natgrad.tune.study import (
@@ -66,6 +60,7 @@ SPACE_NAME = "batch-scaling"
 METRICS = ("val_error", "val_loss")
 FIXED = {"schedule": "constant"}
 DIVERGENCE_FACTOR = 1e3  # a mini-batch loss this many times the first one is a divergence
+DIVERGENCE = DivergenceRule(threshold=DIVERGENCE_FACTOR, relative_to_first=True)
 
 # Learning rate and each optimizer's key hyperparameter; constant schedules, so that a
 # trial's steps to the target do not depend on its budget.
@@ -186,7 +181,6 @@ def produces_finite_outputs(model: torch.nn.Module, inputs: torch.Tensor) -> boo
 
 def train_to_target(spec: ScalingStudySpec, hyperparameters: dict) -> Attempt:
     """Train until the validation metric is <= the target, the budget ends or it diverges."""
-    workload = get_workload(spec.workload)
     resolved = RunConfig(
         spec.workload,
         spec.optimizer,
@@ -196,30 +190,23 @@ def train_to_target(spec: ScalingStudySpec, hyperparameters: dict) -> Attempt:
         hyperparameters=hyperparameters,
         evaluate_test=False,
     ).resolved()
-    data = load_workload_data(workload, None, "cpu")
-    model, optimizer_spec, optimizer, scheduler = build_components(resolved, workload, "cpu")
-    sampler = BatchSampler(len(data.train), spec.batch_size, spec.seed, "cpu")
+    session = TrainingSession(resolved, "cpu", DIVERGENCE)
     key = spec.target_metric.removeprefix("val_")
     attempt = Attempt()
     checkpoints = set(evaluation_steps(spec.steps, spec.eval_ratio))
-    first_loss = None
     for step in range(1, spec.steps + 1):
-        indices = sampler.indices(step - 1)
-        inputs, targets = data.train.inputs[indices], data.train.targets[indices]
         try:
-            loss = float(train_step(model, workload, optimizer_spec, optimizer, inputs, targets))
+            loss = float(session.step(step - 1))
         except RuntimeError as error:  # e.g. K-FAC sampling targets from non-finite outputs
-            if produces_finite_outputs(model, inputs):
+            if produces_finite_outputs(session.model, session.batch(step - 1)[0]):
                 raise
             attempt.status, attempt.reason = "diverged", f"non-finite outputs: {error}"
             return attempt
-        scheduler.step()
-        first_loss = loss if first_loss is None else first_loss
-        if not math.isfinite(loss) or loss > DIVERGENCE_FACTOR * max(first_loss, 1.0):
+        if session.diverged(loss):
             attempt.status, attempt.reason = "diverged", f"training loss {loss} at step {step}"
             return attempt
         if step in checkpoints:
-            value = evaluate(model, workload, data.val.inputs, data.val.targets)[key]
+            value = session.evaluate("val")[key]
             attempt.history.append([step, value, loss])
             if value <= spec.target:
                 attempt.steps = step

@@ -13,16 +13,11 @@ import time
 from dataclasses import dataclass, field
 
 from natgrad.train.config import RunConfig
-from natgrad.train.runner import (
-    BatchSampler,
-    build_components,
-    load_workload_data,
-    train_step,
-)
-from natgrad.workloads import get_workload
+from natgrad.train.session import BatchSampler, DivergenceRule, TrainingSession
 
 SMOOTHING = 10
 DIVERGED_LOSS = 1e4  # per-example nats; the autoencoder starts near 550
+DIVERGENCE = DivergenceRule(threshold=DIVERGED_LOSS)
 
 
 @dataclass
@@ -38,7 +33,7 @@ class Curve:
 
     def record(self, loss: float, seconds: float) -> None:
         """Append one step's loss and time, or mark the run diverged (the step not kept)."""
-        if not math.isfinite(loss) or loss > DIVERGED_LOSS:
+        if DIVERGENCE.diverged(loss):
             self.status = "diverged"
             return
         previous = self.wall_times[-1] if self.wall_times else 0.0
@@ -78,8 +73,9 @@ class SteppedRun:
     """A training run advanced one step at a time, so that several can be interleaved.
 
     It owns the data, the runner's batch sampler and the curve; a subclass trains on one
-    batch in :meth:`train_on` and returns the loss. The recorded time of a step is the
-    batch lookup plus :meth:`train_on`.
+    batch in :meth:`train_on` and returns the loss (or replaces :meth:`take_step`, as
+    :class:`CurveRun` does with a training session). The recorded time of a step is
+    :meth:`take_step`: the batch lookup plus the training.
     """
 
     def __init__(
@@ -95,12 +91,15 @@ class SteppedRun:
     def train_on(self, inputs, targets) -> float:
         raise NotImplementedError
 
+    def take_step(self, step: int) -> float:
+        """Train on the sampler's batch of ``step``; its loss."""
+        indices = self.sampler.indices(step)
+        return self.train_on(self.data.train.inputs[indices], self.data.train.targets[indices])
+
     def advance(self) -> None:
         """One training step on the sampler's next batch; records its loss and time."""
         started = time.perf_counter()
-        indices = self.sampler.indices(len(self.curve.losses))
-        inputs, targets = self.data.train.inputs[indices], self.data.train.targets[indices]
-        loss = self.train_on(inputs, targets)
+        loss = self.take_step(len(self.curve.losses))
         self.curve.record(loss, time.perf_counter() - started)
 
 
@@ -124,7 +123,6 @@ class CurveRun(SteppedRun):
         data_dir: str | None = None,
         device: str = "cpu",
     ) -> None:
-        self.workload = get_workload(workload_name)
         resolved = RunConfig(
             workload_name,
             optimizer,
@@ -135,20 +133,16 @@ class CurveRun(SteppedRun):
             data_dir=data_dir,
             evaluate_test=False,
         ).resolved()
-        data = load_workload_data(self.workload, data_dir, device)
-        curve = Curve(optimizer, dict(hyperparameters), batch_size)
-        super().__init__(data, curve, batch_size, steps, seed, device)
-        self.model, self.spec, self.optimizer, self.scheduler = build_components(
-            resolved, self.workload, device
-        )
+        self.session = TrainingSession(resolved, device, DIVERGENCE)
+        self.data, self.sampler, self.steps = self.session.data, self.session.sampler, steps
+        self.curve = Curve(optimizer, dict(hyperparameters), batch_size)
+        self.workload, self.model = self.session.workload, self.session.module
+        self.spec, self.optimizer = self.session.spec, self.session.optimizer
+        self.scheduler = self.session.scheduler
 
-    def train_on(self, inputs, targets) -> float:
-        """The runner's update on one batch, then the schedule's step."""
-        loss = float(
-            train_step(self.model, self.workload, self.spec, self.optimizer, inputs, targets)
-        )
-        self.scheduler.step()
-        return loss
+    def take_step(self, step: int) -> float:
+        """The runner's update on the batch of ``step``, then the schedule's step."""
+        return float(self.session.step(step))
 
 
 def run_interleaved(
@@ -195,6 +189,7 @@ def training_curve(
 __all__ = [
     "SMOOTHING",
     "DIVERGED_LOSS",
+    "DIVERGENCE",
     "Curve",
     "SteppedRun",
     "CurveRun",

@@ -15,7 +15,6 @@ so a run resumes with any number of ranks.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import signal
 import threading
@@ -25,17 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from natgrad.distributed.comms import any_rank, from_rank_zero, mean_over_ranks
+from natgrad.distributed.comms import any_rank, from_rank_zero
 from natgrad.distributed.coordinator import World
 from natgrad.distributed.launch import rank_device
 from natgrad.folders import folder_kind
 from natgrad.jsonio import dumps as json_dumps
 from natgrad.jsonio import write_json, write_text_atomically
-from natgrad.optim.kfac import KFAC
-from natgrad.optim.registry import BuildContext, OptimizerSpec, get_optimizer_spec
-from natgrad.optim.schedules import build_schedule, split_schedule_hyperparameters
+from natgrad.optim.registry import OptimizerSpec, get_optimizer_spec
 from natgrad.train.checkpoint import (
     CheckpointError,
     CheckpointWriteError,
@@ -47,12 +44,20 @@ from natgrad.train.checkpoint import (
 from natgrad.train.config import RunConfig
 from natgrad.train.lock import LOCK_NAME, RunFolderLock, RunFolderLocked, check_unlocked
 from natgrad.train.progress import Progress
-from natgrad.workloads import Workload, WorkloadData, get_workload
+from natgrad.train.session import (  # noqa: F401 - the runner's names before the session
+    _DATA_CACHE,
+    BatchSampler,
+    TrainingSession,
+    build_components,
+    evaluate,
+    load_workload_data,
+    shard,
+    train_step,
+)
+from natgrad.workloads import get_workload
 
 CHECKPOINT_NAME = "checkpoints/last.pt"
 LOSS_READBACK_EVERY = 10  # steps between host reads of the loss on an accelerator
-EVAL_CHUNK = 2048
-_DATA_CACHE: dict[tuple[str, str | None, str], WorkloadData] = {}
 
 
 class RunFolderError(RuntimeError):
@@ -84,96 +89,6 @@ class LoopState:
     wall_time: float = 0.0
     loss_sum: float = 0.0
     loss_count: int = 0
-
-
-def load_workload_data(workload: Workload, data_dir: str | None, device: str) -> WorkloadData:
-    """Workload data as in-memory tensors on ``device``, loaded once per process."""
-    key = (workload.name, data_dir, device)
-    if key not in _DATA_CACHE:
-        data = workload.load_data(data_dir)
-        for split in (data.train, data.val, data.test):
-            split.inputs = split.inputs.to(device)
-            split.targets = split.targets.to(device)
-        _DATA_CACHE[key] = data
-    return _DATA_CACHE[key]
-
-
-class BatchSampler:
-    """Mini-batches drawn without replacement, a fresh permutation per epoch.
-
-    The batch at ``step`` depends only on (seed, step), which makes resuming exact.
-    """
-
-    def __init__(self, size: int, batch_size: int, seed: int, device: str) -> None:
-        if batch_size > size:
-            raise ValueError(f"batch_size {batch_size} exceeds the training set size {size}")
-        self.size, self.batch_size, self.seed, self.device = size, batch_size, seed, device
-        self.batches_per_epoch = size // batch_size
-        self._epoch, self._permutation = -1, torch.empty(0, dtype=torch.long)
-
-    def indices(self, step: int) -> Tensor:
-        epoch, position = divmod(step, self.batches_per_epoch)
-        if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._permutation = torch.randperm(self.size, generator=generator).to(self.device)
-            self._epoch = epoch
-        start = position * self.batch_size
-        return self._permutation[start : start + self.batch_size]
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, workload: Workload, inputs: Tensor, targets: Tensor) -> dict:
-    """Mean loss (and error rate for classifiers) over a whole split, in chunks."""
-    was_training = model.training
-    model.eval()
-    loss_total, error_total = 0.0, 0
-    for start in range(0, inputs.shape[0], EVAL_CHUNK):
-        outputs = model(inputs[start : start + EVAL_CHUNK])
-        chunk_targets = targets[start : start + EVAL_CHUNK]
-        loss_total += float(workload.likelihood.nll(outputs, chunk_targets).sum())
-        if workload.classification:
-            error_total += int(workload.errors(outputs, chunk_targets))
-    model.train(was_training)
-    metrics = {"loss": loss_total / inputs.shape[0]}
-    if workload.classification:
-        metrics["error"] = error_total / inputs.shape[0]
-    return metrics
-
-
-def build_components(resolved: dict, workload: Workload, device: str):
-    """Model (seeded), optimizer and learning-rate schedule for a resolved config."""
-    torch.manual_seed(resolved["seed"])
-    model = workload.build_model().to(device)
-    spec = get_optimizer_spec(resolved["optimizer"])
-    hyperparameters = resolved["hyperparameters"]
-    _, schedule_hparams = split_schedule_hyperparameters(hyperparameters)
-    context = BuildContext(likelihood=workload.likelihood_name, weight_decay=workload.weight_decay)
-    optimizer = spec.build(model, context, hyperparameters)  # build leaves the schedule out
-    scheduler = build_schedule(optimizer, resolved["steps"], **schedule_hparams)
-    return model, spec, optimizer, scheduler
-
-
-def train_step(
-    model: nn.Module,
-    workload: Workload,
-    spec: OptimizerSpec,
-    optimizer: torch.optim.Optimizer,
-    inputs: Tensor,
-    targets: Tensor,
-) -> Tensor:
-    """One optimizer step on one batch; returns the batch loss (before the update)."""
-    if spec.second_order:
-
-        def closure():
-            outputs = model(inputs)
-            return workload.loss(outputs, targets), outputs
-
-        return optimizer.step(closure)
-    optimizer.zero_grad(set_to_none=True)
-    loss = workload.loss(model(inputs), targets)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
 
 
 class SignalFlag:
@@ -357,14 +272,15 @@ class Run:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.writes = self.out_dir is not None and self.world.rank == 0
         self.show_progress = progress and self.world.rank == 0
-        self.data = load_workload_data(self.workload, config.data_dir, self.device)
-        self.module, self.spec, self.optimizer, self.scheduler = build_components(
-            self.resolved, self.workload, self.device
+        self.session = TrainingSession(
+            self.resolved, self.device, world=self.world, workload=self.workload
         )
-        self.model = self._stepped_model()
-        self.sampler = BatchSampler(
-            len(self.data.train), self.resolved["batch_size"], self.resolved["seed"], self.device
+        self.data, self.module, self.model = (
+            self.session.data,
+            self.session.module,
+            self.session.model,
         )
+        self.optimizer, self.scheduler = self.session.optimizer, self.session.scheduler
         self.state = LoopState()
         self.history: list[dict] = []
         self.lock: RunFolderLock | None = None
@@ -377,15 +293,6 @@ class Run:
         self.readback_every = 1 if cpu else LOSS_READBACK_EVERY
         if self.out_dir is not None:
             self._open_folder_on_every_rank(resume, overwrite)
-
-    def _stepped_model(self) -> nn.Module:
-        """The model the steps run: DistributedDataParallel for a first-order optimizer on
-        several ranks (K-FAC's coordinator averages the gradients itself)."""
-        if self.world.size == 1 or isinstance(self.optimizer, KFAC):
-            return self.module
-        from torch.nn.parallel import DistributedDataParallel
-
-        return DistributedDataParallel(self.module)
 
     # -- run folder -------------------------------------------------------------------
     def _open_folder_on_every_rank(self, resume: bool, overwrite: bool) -> None:
@@ -493,7 +400,7 @@ class Run:
         if self.world.rank != 0:  # rank 0 evaluates and writes; the others go on
             state.loss_sum, state.loss_count = 0.0, 0
             return {}
-        val = evaluate(self.module, self.workload, self.data.val.inputs, self.data.val.targets)
+        val = self.session.evaluate("val")
         record = {
             "step": state.step,
             "examples": state.step * self.resolved["batch_size"],
@@ -531,9 +438,7 @@ class Run:
         else:
             final = self.measure()
         if status == "completed" and self.resolved["evaluate_test"] and self.world.rank == 0:
-            test = evaluate(
-                self.module, self.workload, self.data.test.inputs, self.data.test.targets
-            )
+            test = self.session.evaluate("test")
             final.update({f"test_{key}": value for key, value in test.items()})
         return final
 
@@ -613,15 +518,10 @@ class Run:
     def _advance(self) -> None:
         """One step; its loss stays on the device until :meth:`_read_back_losses`."""
         started = time.perf_counter()
-        indices = shard(self.sampler.indices(self.state.step), self.world)
-        inputs, targets = self.data.train.inputs[indices], self.data.train.targets[indices]
-        loss = train_step(self.model, self.workload, self.spec, self.optimizer, inputs, targets)
-        if not isinstance(self.optimizer, KFAC):  # K-FAC returns the whole batch's loss
-            loss = mean_over_ranks(loss, "the loss all-reduce")
-        self.scheduler.step()
+        loss = self.session.step(self.state.step)
         self.state.step += 1
         self.state.wall_time += time.perf_counter() - started
-        self._pending_losses.append(loss.detach())
+        self._pending_losses.append(loss)
 
     def _read_back_losses(self, progress: Progress) -> int | None:
         """Copy the pending losses to the host (one sync) into the running mean and the
@@ -639,7 +539,7 @@ class Run:
             progress.advance(first_step + offset, value)
             self.state.loss_sum += value
             self.state.loss_count += 1
-            if not math.isfinite(value):
+            if self.session.diverged(value):
                 return first_step + offset
         return None
 
@@ -659,14 +559,6 @@ class Run:
                 summary["diverged_at_step"] = diverged_at
             write_json(self.out_dir / "summary.json", summary)
         return result
-
-
-def shard(indices: Tensor, world: World) -> Tensor:
-    """This rank's equal share of a batch's indices: rows [r m / N, (r + 1) m / N)."""
-    if world.size == 1:
-        return indices
-    per_rank = indices.shape[0] // world.size
-    return indices[world.rank * per_rank : (world.rank + 1) * per_rank]
 
 
 def check_shardable(resolved: dict, spec: OptimizerSpec, world_size: int) -> None:
