@@ -39,6 +39,9 @@ def _ignores_lr(name: str) -> bool:
 
 def _build(name: str, model: nn.Module, likelihood: str, **overrides):
     spec = OPTIMIZERS[name]
+    missing = spec.unavailable() if spec.unavailable is not None else None
+    if missing is not None:  # an optional extra that is not installed
+        pytest.skip(missing)
     values = resolve_hyperparameters(spec, overrides)
     return spec.build(model, BuildContext(likelihood=likelihood, weight_decay=0.0), values)
 
