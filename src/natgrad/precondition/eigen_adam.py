@@ -98,12 +98,6 @@ class EigenAdamPreconditioner(KroneckerPreconditioner):
         d = self.decomposition
         return eigenbasis_dense(d["G_eigvecs"], d["A_eigvecs"], self._scale(gamma).double())
 
-    def refresh_cost(self) -> float:
-        """About d_A^3 + d_G^3 (the two eigendecompositions); 0 before any statistics."""
-        if self.A is None:
-            return 0.0
-        return float(self.A.shape[0]) ** 3 + float(self.G.shape[0]) ** 3
-
     def state_dict(self) -> dict[str, Tensor]:
         """A, G, the decomposition ("inverse.*"), m, v and their step counts."""
         state = super().state_dict()

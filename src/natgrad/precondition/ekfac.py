@@ -105,12 +105,6 @@ class EKFACPreconditioner(KroneckerPreconditioner):
         Q_A, Q_G = self.decomposition["A_eigvecs"], self.decomposition["G_eigvecs"]
         return eigenbasis_dense(Q_G, Q_A, self.scale.double() + gamma**2)
 
-    def refresh_cost(self) -> float:
-        """About d_A^3 + d_G^3 (the two eigendecompositions); 0 before any statistics."""
-        if self.A is None:
-            return 0.0
-        return float(self.A.shape[0]) ** 3 + float(self.G.shape[0]) ** 3
-
     def state_dict(self) -> dict[str, Tensor]:
         """A, G, the decomposition ("inverse.*") and S ("scale")."""
         state = super().state_dict()
