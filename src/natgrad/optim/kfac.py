@@ -118,6 +118,9 @@ class KFAC(torch.optim.Optimizer):
         model_fraction, model_min_examples: the Fisher products of the quadratic model
             (``adapt_step`` and the damping rule) on the first
             max(ceil(model_fraction * m), model_min_examples) examples (at most m).
+        model_every: with ``adapt_step``, the model's Fisher products (and so alpha and
+            mu) every ``model_every`` steps, at the steps the damping rule also runs when
+            the periods agree; the steps between reuse the latest alpha and mu.
         inverse: "cholesky" or "eigen" (damping can change without a new decomposition).
         adapt_damping: Levenberg-Marquardt rule every ``damping_config.interval`` steps.
         adapt_step: alpha and mu from the quadratic model with exact GGN products.
@@ -161,6 +164,7 @@ class KFAC(torch.optim.Optimizer):
         stat_fraction: float = _D["stat_fraction"],
         model_fraction: float = _D["model_fraction"],
         model_min_examples: int = _D["model_min_examples"],
+        model_every: int = _D["model_every"],
         inverse: str = _D["inverse"],
         adapt_damping: bool = _D["adapt_damping"],
         adapt_step: bool = _D["adapt_step"],
@@ -187,6 +191,7 @@ class KFAC(torch.optim.Optimizer):
         self.stat_decay, self.stat_every, self.inv_every = stat_decay, stat_every, inv_every
         self.stat_fraction, self.kl_clip = stat_fraction, kl_clip
         self.model_fraction, self.model_min_examples = model_fraction, model_min_examples
+        self.model_every = model_every
         self.adapt_damping, self.adapt_step = adapt_damping, adapt_step
         self.damping_config = damping_config
         self.layers, untracked = self._plan(model, tuple(exclude), sharing)
@@ -361,7 +366,10 @@ class KFAC(torch.optim.Optimizer):
     def _step_rule(self, inputs: StepInputs) -> tuple[list[Tensor | None], Tensor | None]:
         if self.adapt_step:
             previous = [self.state[layer.weight].get("previous_update") for layer in self.layers]
-            updates, predicted = self.model_rule.updates(inputs, previous, self._flat)
+            if self._model_due():
+                updates, predicted = self.model_rule.updates(inputs, previous, self._flat)
+            else:
+                updates, predicted = self.model_rule.reused(inputs, previous), None
             for layer, update in zip(self.layers, updates, strict=True):
                 if update is not None:
                     self.state[layer.weight]["previous_update"] = update
@@ -374,6 +382,11 @@ class KFAC(torch.optim.Optimizer):
             if velocity is not None:
                 self.state[layer.weight]["velocity"] = velocity
         return updates, None
+
+    def _model_due(self) -> bool:
+        """The quadratic model runs every ``model_every`` steps (counting this one), and
+        whenever there are no coefficients to reuse."""
+        return self.steps % self.model_every == 0 or self.model_rule.step_coefficients is None
 
     def _adapt_damping(
         self, closure: Closure, loss: Tensor, penalty: Tensor, predicted: Tensor, group: dict
@@ -467,6 +480,7 @@ class KFAC(torch.optim.Optimizer):
             "stat_updates": self.stat_updates,
             "skipped_statistics": self.skipped_statistics,
             "generator": self.generator.get_state(),
+            "step_coefficients": self.model_rule.step_coefficients,
             "fallback": None if self.fallback is None else self.fallback.state_dict(),
         }
         return state
@@ -491,6 +505,11 @@ class KFAC(torch.optim.Optimizer):
         self.curvature.skipped_statistics = extra["skipped_statistics"]
         if "generator" in extra:
             self.generator.set_state(extra["generator"].cpu())
+        coefficients = extra.get("step_coefficients")
+        if coefficients is not None:
+            device = self.param_groups[0]["params"][0].device
+            coefficients = coefficients.to(device)
+        self.model_rule.step_coefficients = coefficients
         if self.fallback is not None and extra["fallback"] is not None:
             self.fallback.load_state_dict(extra["fallback"])
 

@@ -27,6 +27,7 @@ PLAIN_DEFAULTS: dict[str, object] = {
     "stat_fraction": 1.0,
     "model_fraction": 1.0,
     "model_min_examples": 128,
+    "model_every": 1,
     "inverse": "cholesky",
     "adapt_damping": False,
     "adapt_step": False,
@@ -82,6 +83,8 @@ OPTION_HELP: dict[str, str] = {
     "stat_fraction": "fraction of the batch for statistics in (0, 1]",
     "model_fraction": "fraction of the batch for the quadratic model in (0, 1]",
     "model_min_examples": "at least this many examples for the quadratic model",
+    "model_every": "steps between the quadratic model's Fisher products (int >= 1); "
+    "between them alpha and mu are reused",
     "inverse": "inverse method: " + " | ".join(INVERSE_METHODS),
     "adapt_damping": "Levenberg-Marquardt damping every 5 steps",
     "adapt_step": "alpha and mu from the quadratic model",
@@ -170,7 +173,7 @@ def check_options(options: Mapping[str, object]) -> None:
     for name in ("stat_fraction", "model_fraction"):
         if not 0.0 < options[name] <= 1.0:
             raise ValueError(f"{name} must be in (0, 1], got {options[name]!r}")
-    for name in ("stat_every", "inv_every", "model_min_examples"):
+    for name in ("stat_every", "inv_every", "model_min_examples", "model_every"):
         value = options[name]
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

@@ -98,6 +98,15 @@ class FixedStepRule:
         return updates, new_velocities
 
 
+def combine(deltas: LayerMatrices, previous: LayerMatrices, coefficients: Tensor) -> LayerMatrices:
+    """alpha Delta + mu delta0 per layer (alpha Delta where there is no previous update)."""
+    alpha, mu = coefficients
+    return [
+        None if delta is None else alpha * delta if prev is None else alpha * delta + mu * prev
+        for delta, prev in zip(deltas, previous, strict=True)
+    ]
+
+
 @dataclass
 class QuadraticModelStepRule:
     """d = alpha Delta + mu delta0 minimizing M(d) (docs/REFERENCES.md s.3); also M(d) - M(0).
@@ -112,6 +121,8 @@ class QuadraticModelStepRule:
     # the model's minimizer (alpha, mu) of the latest step, before any restart (a tensor:
     # reading it is the host sync), for diagnostics
     last_coefficients: Tensor | None = None
+    # (alpha, mu) of the latest step taken, after any restart: reused by :meth:`reused`
+    step_coefficients: Tensor | None = None
 
     def updates(
         self, inputs: StepInputs, previous: LayerMatrices, flatten: Flatten
@@ -140,15 +151,20 @@ class QuadraticModelStepRule:
         if self.restart_momentum:
             curvature_gram = fisher_gram + total_damping * inner_gram
             coefficients = momentum_in_unit_interval(coefficients, curvature_gram, grad_dots)
-        alpha, mu = coefficients
-        updates: LayerMatrices = []
-        for delta, prev in zip(deltas, previous, strict=True):
-            if delta is None:
-                updates.append(None)
-            else:
-                updates.append(alpha * delta if not has_previous else alpha * delta + mu * prev)
+        self.step_coefficients = coefficients
         model_gram = fisher_gram + group["weight_decay"] * inner_gram
-        return updates, quadratic_model_value(torch.stack([alpha, mu]), model_gram, grad_dots)
+        return (
+            combine(deltas, previous, coefficients),
+            quadratic_model_value(coefficients, model_gram, grad_dots),
+        )
+
+    def reused(self, inputs: StepInputs, previous: LayerMatrices) -> LayerMatrices:
+        """d = alpha Delta + mu delta0 with the (alpha, mu) of the latest :meth:`updates`:
+        the steps between two evaluations of the model (``model_every``)."""
+        if self.step_coefficients is None:
+            raise RuntimeError("no quadratic-model coefficients to reuse before the first")
+        deltas = [None if U is None else -U for U in inputs.proposals]
+        return combine(deltas, previous, self.step_coefficients)
 
     def predicted_change(
         self, inputs: StepInputs, updates: LayerMatrices, flatten: Flatten
