@@ -115,7 +115,7 @@ def test_each_experiment_parses_its_own_definition_of_a_shared_flag(
 
 
 def test_long_lists_are_summarized_for_printing() -> None:
-    from natgrad.cli import _without_long_lists
+    from natgrad.experiments.commands import _without_long_lists
 
     value = {"curve": list(range(30)), "short": [1, {"inner": list(range(25))}], "x": 1.5}
     assert _without_long_lists(value) == {

@@ -10,6 +10,7 @@ workload uses scikit-learn's bundled digits.
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,3 +76,20 @@ def run_demo(
         print(f"warning: {message}")
     print(f"report: {written['markdown']} and {written['html']}")
     return results
+
+
+def add_demo_parser(commands) -> None:
+    """``natgrad demo [--out FOLDER] [--workload NAME]``."""
+    parser = commands.add_parser("demo", help="a short comparison of optimizers, with a report")
+    parser.add_argument(
+        "--out", default="runs/demo", help="folder of the demo's report (default: runs/demo)"
+    )
+    parser.add_argument(
+        "--workload", default=None, help=f"workload to compare on (default: {DEFAULT_WORKLOAD})"
+    )
+    parser.set_defaults(handler=run_demo_command)
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    run_demo(Path(args.out), workload=args.workload)
+    return 0
