@@ -22,7 +22,6 @@ size follows :mod:`natgrad.experiments.scaling`.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -42,6 +41,7 @@ from natgrad.experiments.registry import (
     write_results,
 )
 from natgrad.experiments.scaling import critical_batch_size, fit_scaling_model
+from natgrad.folders import check_folder_kind
 from natgrad.train.config import RunConfig
 from natgrad.train.session import DivergenceRule, TrainingSession, load_workload_data
 from natgrad.tune.spaces import Dimension, SearchSpace
@@ -389,19 +389,6 @@ def analyze(config: ScalingConfig, rows: dict[str, list[dict]]) -> dict:
     }
 
 
-def check_folder(out_dir: Path) -> None:
-    """Refuse a folder whose results.json belongs to another kind of run."""
-    path = Path(out_dir) / "results.json"
-    if not path.exists():
-        return
-    try:
-        kind = json.loads(path.read_text()).get("experiment")
-    except json.JSONDecodeError:
-        kind = None
-    if kind != "batch-scaling":
-        raise ValueError(f"{out_dir} holds results of another run; use another --out folder")
-
-
 def measure(
     config: ScalingConfig, out_dir: Path, storage: str | None = None, workers: int = 1
 ) -> dict:
@@ -413,7 +400,7 @@ def measure(
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"--workers must be an integer >= 1, got {workers!r}")
     out_dir = Path(out_dir)
-    check_folder(out_dir)
+    check_folder_kind(out_dir, "study", experiment="batch-scaling")
     out_dir.mkdir(parents=True, exist_ok=True)
     url = storage_url(out_dir, storage)
     specs = config.specs()
