@@ -10,26 +10,24 @@ running the command again resumes, a larger ``--trials`` extends every study, ne
 batch sizes add studies, and ``--storage``/``--workers`` share the work as in
 ``natgrad tune``.
 
-A trial trains from the seeded initialization (the runner's model, optimizer, schedule
-and batches) for at most ``budget(B) = clamp(ceil(examples_budget / B), min_steps,
-max_steps)`` steps, evaluates the target metric on the validation split at steps
-1, 2, ... growing geometrically by ``eval_ratio`` (so a step count is at most that
-factor above the first step at the target), and stops at the first evaluation at or
-below the target. Its value is that step, or infinity if the target was not reached
-(a diverged trial is a failure). S(B) is the best trial's value; the critical batch
-size follows :mod:`natgrad.experiments.scaling`.
+A trial (:func:`train_to_target`, the objective the tuner runs at each point) trains
+from the seeded initialization (the runner's model, optimizer, schedule and batches) for
+at most ``budget(B) = clamp(ceil(examples_budget / B), min_steps, max_steps)`` steps,
+evaluates the target metric on the validation split at steps 1, 2, ... growing
+geometrically by ``eval_ratio`` (so a step count is at most that factor above the first
+step at the target), and stops at the first evaluation at or below the target. Its
+value is that step, or infinity if the target was not reached (a diverged trial is a
+failure). S(B) is the best trial's value; the critical batch size follows
+:mod:`natgrad.experiments.scaling`.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
-import traceback
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import optuna
 import torch
 
@@ -46,14 +44,7 @@ from natgrad.train.config import RunConfig
 from natgrad.train.session import DivergenceRule, TrainingSession, load_workload_data
 from natgrad.tune.spaces import Dimension, SearchSpace
 from natgrad.tune.storage import redact, storage_url
-from natgrad.tune.study import (
-    NUMERICAL_FAILURES,
-    Heartbeat,
-    StudySpec,
-    finish_trial,
-    point_parameters,
-    trial_records,
-)
+from natgrad.tune.study import StudySpec, TrialOutcome, trial_records
 from natgrad.workloads import get_workload
 
 SPACE_NAME = "batch-scaling"
@@ -164,23 +155,16 @@ def evaluation_steps(budget: int, ratio: float) -> list[int]:
     return steps + [budget]
 
 
-@dataclass
-class Attempt:
-    """One trial's training: its status, the step at the target (or None) and its curve."""
-
-    status: str = "completed"
-    steps: int | None = None
-    history: list[list[float]] = field(default_factory=list)  # [step, metric, train loss]
-    reason: str = ""
-
-
 @torch.no_grad()
 def produces_finite_outputs(model: torch.nn.Module, inputs: torch.Tensor) -> bool:
     return bool(torch.isfinite(model(inputs)).all())
 
 
-def train_to_target(spec: ScalingStudySpec, hyperparameters: dict) -> Attempt:
-    """Train until the validation metric is <= the target, the budget ends or it diverges."""
+def train_to_target(spec: ScalingStudySpec, hyperparameters: dict) -> TrialOutcome:
+    """The studies' objective: train until the validation metric is <= the target, the
+    budget ends or it diverges. The value is the step at the target (inf if not reached);
+    the trial keeps its curve ``[[step, metric, train loss], ...]`` and whether it got there.
+    """
     resolved = RunConfig(
         spec.workload,
         spec.optimizer,
@@ -192,7 +176,7 @@ def train_to_target(spec: ScalingStudySpec, hyperparameters: dict) -> Attempt:
     ).resolved()
     session = TrainingSession(resolved, "cpu", DIVERGENCE)
     key = spec.target_metric.removeprefix("val_")
-    attempt = Attempt()
+    history: list[list[float]] = []
     checkpoints = set(evaluation_steps(spec.steps, spec.eval_ratio))
     for step in range(1, spec.steps + 1):
         try:
@@ -200,49 +184,26 @@ def train_to_target(spec: ScalingStudySpec, hyperparameters: dict) -> Attempt:
         except RuntimeError as error:  # e.g. K-FAC sampling targets from non-finite outputs
             if produces_finite_outputs(session.model, session.batch(step - 1)[0]):
                 raise
-            attempt.status, attempt.reason = "diverged", f"non-finite outputs: {error}"
-            return attempt
+            return scaling_outcome(history, diverged=f"non-finite outputs: {error}")
         if session.diverged(loss):
-            attempt.status, attempt.reason = "diverged", f"training loss {loss} at step {step}"
-            return attempt
+            return scaling_outcome(history, diverged=f"training loss {loss} at step {step}")
         if step in checkpoints:
             value = session.evaluate("val")[key]
-            attempt.history.append([step, value, loss])
+            history.append([step, value, loss])
             if value <= spec.target:
-                attempt.steps = step
-                return attempt
-    return attempt
+                return scaling_outcome(history, reached_at=step)
+    return scaling_outcome(history)
 
 
-def run_scaling_trial(study: optuna.Study, trial: optuna.Trial, spec: ScalingStudySpec) -> str:
-    """The study's trial runner: steps to the target as the value (inf if not reached)."""
-    space = spec.search_space()
-    point = np.asarray(trial.user_attrs["point"])
-    for name, (_, distribution) in point_parameters(space, point).items():
-        trial.suggest_float(name, distribution.low, distribution.high, log=distribution.log)
-    hyperparameters = space.to_hyperparameters(point, total_steps=spec.steps)
-    trial.set_user_attr("hyperparameters", hyperparameters)
-    started = time.perf_counter()
-    try:
-        with Heartbeat(study, trial._trial_id):
-            attempt = train_to_target(spec, hyperparameters)
-    except NUMERICAL_FAILURES as error:  # infeasible hyperparameters, like a divergence
-        attempt = Attempt("diverged", reason=f"{type(error).__name__}: {error}")
-    except KeyboardInterrupt:
-        attempt = Attempt("interrupted", reason="stopped by a signal")
-    except Exception as error:  # noqa: BLE001 - a failing trial is recorded, not fatal
-        attempt = Attempt("error", reason=f"{type(error).__name__}: {error}")
-        print(
-            f"[batch-scaling] trial {trial.number} of {spec.name} raised an unexpected error "
-            f"(recorded as failed):\n{traceback.format_exc()}",
-            file=sys.stderr,
-            flush=True,
-        )
-    trial.set_user_attr("duration_s", time.perf_counter() - started)
-    trial.set_user_attr("history", attempt.history)
-    trial.set_user_attr("reached", attempt.steps is not None)
-    value = math.inf if attempt.steps is None else float(attempt.steps)
-    return finish_trial(study, trial, attempt.status, attempt.reason, value)
+def scaling_outcome(
+    history: list[list[float]], reached_at: int | None = None, diverged: str = ""
+) -> TrialOutcome:
+    """Steps to the target as the value (inf if not reached), or diverged with its reason."""
+    attrs = {"history": history, "reached": reached_at is not None}
+    if diverged:
+        return TrialOutcome("diverged", reason=diverged, attrs=attrs)
+    steps = math.inf if reached_at is None else float(reached_at)
+    return TrialOutcome("completed", steps, attrs=attrs)
 
 
 @dataclass(frozen=True)
@@ -405,7 +366,7 @@ def measure(
     url = storage_url(out_dir, storage)
     specs = config.specs()
     started, cpu_started = time.perf_counter(), time.process_time()
-    studies = run_studies(url, specs, config.trials, workers, runner=run_scaling_trial)
+    studies = run_studies(url, specs, config.trials, workers, objective=train_to_target)
     rows: dict[str, list[dict]] = {name: [] for name in config.optimizers}
     for study, spec in zip(studies, specs, strict=True):
         rows[spec.optimizer].append(batch_row(study, spec, config.trials))
