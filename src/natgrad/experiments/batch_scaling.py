@@ -5,7 +5,7 @@ steps S(B) that any hyperparameter setting of a search needs to reach a target, 
 read off where S(B) stops halving when B doubles. Here each (optimizer, B) is one
 quasi-random Optuna study of natgrad's tune package (:mod:`natgrad.tune.study`): the
 first K points of a scrambled Halton sequence in the optimizer's scaling space
-(:data:`SCALING_SPACES`: the learning rate and the optimizer's key hyperparameter), so
+(``tune/spaces/batch-scaling/``: the learning rate and the optimizer's key hyperparameter), so
 running the command again resumes, a larger ``--trials`` extends every study, new
 batch sizes add studies, and ``--storage``/``--workers`` share the work as in
 ``natgrad tune``.
@@ -42,67 +42,27 @@ from natgrad.experiments.scaling import critical_batch_size, fit_scaling_model
 from natgrad.folders import check_folder_kind
 from natgrad.train.config import RunConfig
 from natgrad.train.session import DivergenceRule, TrainingSession, load_workload_data
-from natgrad.tune.spaces import Dimension, SearchSpace
+from natgrad.tune.spaces import SearchSpace, list_spaces, load_space
 from natgrad.tune.storage import redact, storage_url
 from natgrad.tune.study import StudySpec, TrialOutcome, trial_records
 from natgrad.workloads import get_workload
 
 SPACE_NAME = "batch-scaling"
 METRICS = ("val_error", "val_loss")
-FIXED = {"schedule": "constant"}
 DIVERGENCE_FACTOR = 1e3  # a mini-batch loss this many times the first one is a divergence
 DIVERGENCE = DivergenceRule(threshold=DIVERGENCE_FACTOR, relative_to_first=True)
 
-# Learning rate and each optimizer's key hyperparameter; constant schedules, so that a
-# trial's steps to the target do not depend on its budget.
-SCALING_SPACES: dict[str, SearchSpace] = {
-    "sgd": SearchSpace("sgd", SPACE_NAME, (Dimension("lr", "log", 1e-3, 10.0),), dict(FIXED), "lr"),
-    "momentum": SearchSpace(
-        "momentum",
-        SPACE_NAME,
-        (Dimension("lr", "log", 1e-3, 3.0), Dimension("momentum", "log1m", 0.5, 0.99)),
-        dict(FIXED),
-        "lr and 1 - momentum on log scales",
-    ),
-    "nesterov": SearchSpace(
-        "nesterov",
-        SPACE_NAME,
-        (Dimension("lr", "log", 1e-3, 3.0), Dimension("momentum", "log1m", 0.5, 0.99)),
-        dict(FIXED),
-        "lr and 1 - momentum on log scales",
-    ),
-    "adam": SearchSpace(
-        "adam",
-        SPACE_NAME,
-        (Dimension("lr", "log", 1e-4, 0.1), Dimension("beta1", "log1m", 0.5, 0.99)),
-        {**FIXED, "beta2": 0.999, "eps": 1e-8},
-        "lr and 1 - beta1 on log scales",
-    ),
-    "kfac_adaptive": SearchSpace(
-        "kfac_adaptive",
-        SPACE_NAME,
-        (Dimension("damping", "log", 1e-3, 10.0),),
-        dict(FIXED),
-        "initial damping lambda_0 (step size and momentum from the quadratic model)",
-    ),
-    "kfac": SearchSpace(
-        "kfac",
-        SPACE_NAME,
-        (Dimension("kl_clip", "log", 1e-5, 1e-1), Dimension("damping", "log", 1e-4, 1.0)),
-        {**FIXED, "lr": 0.1, "momentum": 0.9},
-        "KL-clip constant (the step length) and damping",
-    ),
-}
-
 
 def scaling_space(optimizer: str) -> SearchSpace:
-    """The scaling search space of ``optimizer``; ValueError lists the ones there are."""
-    if optimizer not in SCALING_SPACES:
-        raise ValueError(
-            f"no batch-scaling search space for optimizer {optimizer!r}; "
-            f"valid: {', '.join(SCALING_SPACES)}"
-        )
-    return SCALING_SPACES[optimizer]
+    """The scaling search space of ``optimizer`` (tune/spaces/batch-scaling/): the learning
+    rate and its key hyperparameter, with a constant schedule so that a trial's steps to
+    the target do not depend on its budget; ValueError lists the optimizers that have one."""
+    return load_space(optimizer, SPACE_NAME, experiment=SPACE_NAME)
+
+
+SCALING_SPACES: dict[str, SearchSpace] = {
+    optimizer: scaling_space(optimizer) for optimizer in list_spaces(SPACE_NAME)
+}
 
 
 @dataclass(frozen=True)
