@@ -40,7 +40,6 @@ from natgrad.experiments.registry import (
 )
 from natgrad.experiments.scaling import critical_batch_size, fit_scaling_model
 from natgrad.folders import check_folder_kind
-from natgrad.train.config import RunConfig
 from natgrad.train.session import DivergenceRule, TrainingSession, load_workload_data
 from natgrad.tune.spaces import SearchSpace, list_spaces, load_space
 from natgrad.tune.storage import redact, storage_url
@@ -125,16 +124,7 @@ def train_to_target(spec: ScalingStudySpec, hyperparameters: dict) -> TrialOutco
     budget ends or it diverges. The value is the step at the target (inf if not reached);
     the trial keeps its curve ``[[step, metric, train loss], ...]`` and whether it got there.
     """
-    resolved = RunConfig(
-        spec.workload,
-        spec.optimizer,
-        steps=spec.steps,
-        batch_size=spec.batch_size,
-        seed=spec.seed,
-        hyperparameters=hyperparameters,
-        evaluate_test=False,
-    ).resolved()
-    session = TrainingSession(resolved, "cpu", DIVERGENCE)
+    session = TrainingSession(spec.run_config(hyperparameters).resolved(), "cpu", DIVERGENCE)
     key = spec.target_metric.removeprefix("val_")
     history: list[list[float]] = []
     checkpoints = set(evaluation_steps(spec.steps, spec.eval_ratio))
@@ -232,18 +222,6 @@ def _train_size(workload: str) -> int | None:
     return len(load_workload_data(get_workload(workload), None, "cpu").train)
 
 
-SMOKE = ScalingConfig(
-    workload="digits_mlp",
-    optimizers=("sgd", "momentum", "adam", "kfac_adaptive"),
-    batch_sizes=(16, 64, 256),
-    target=0.15,
-    target_metric="val_error",
-    trials=2,
-    examples_budget=6_000,
-    min_steps=20,
-    max_steps=300,
-    preset="smoke",
-)
 FULL = ScalingConfig(
     workload="mnist1d_mlp",
     optimizers=("sgd", "momentum", "adam", "kfac_adaptive"),
@@ -255,6 +233,19 @@ FULL = ScalingConfig(
     min_steps=500,
     max_steps=8_000,
     preset="full",
+)
+# The measurement made small: an easier workload and target, 2 trials of 3 batch sizes,
+# short budgets.
+SMOKE = replace(
+    FULL,
+    workload="digits_mlp",
+    target=0.15,
+    trials=2,
+    batch_sizes=(16, 64, 256),
+    examples_budget=6_000,
+    min_steps=20,
+    max_steps=300,
+    preset="smoke",
 )
 PRESETS = {"smoke": SMOKE, "full": FULL}
 

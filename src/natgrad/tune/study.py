@@ -99,6 +99,18 @@ class StudySpec:
     def attrs(self) -> dict:
         return asdict(self)
 
+    def run_config(self, hyperparameters: dict) -> RunConfig:
+        """The training run of a trial at ``hyperparameters`` (validation split only)."""
+        return RunConfig(
+            self.workload,
+            self.optimizer,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            hyperparameters=hyperparameters,
+            evaluate_test=False,
+        )
+
 
 def quasi_random_points(dimension: int, count: int, seed: int) -> np.ndarray:
     """The first ``count`` points of the scrambled Halton sequence seeded by ``seed``.
@@ -377,16 +389,7 @@ Objective = Callable[[StudySpec, dict], TrialOutcome]
 def train_to_the_end(spec: StudySpec, hyperparameters: dict) -> TrialOutcome:
     """The tuner's objective: train ``spec.steps`` steps, the value is the final
     ``spec.metric`` on the validation split."""
-    config = RunConfig(
-        spec.workload,
-        spec.optimizer,
-        steps=spec.steps,
-        batch_size=spec.batch_size,
-        seed=spec.seed,
-        hyperparameters=hyperparameters,
-        evaluate_test=False,
-    )
-    result = train(config)
+    result = train(spec.run_config(hyperparameters))
     value = result.final.get(spec.metric, math.nan)
     attrs = {
         "final": finite_floats(result.final),
