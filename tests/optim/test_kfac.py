@@ -14,8 +14,8 @@ from torch import nn
 from natgrad.curvature.dense import dense_fisher, flatten_params
 from natgrad.curvature.likelihoods import Gaussian
 from natgrad.optim.kfac import KFAC, DampingConfig
-from natgrad.optim.registry import BuildContext, get_optimizer_spec, resolve_hyperparameters
-from natgrad.optim.step_rules import levenberg_marquardt_damping
+from natgrad.optim.kfac_step_equations import levenberg_marquardt_damping
+from natgrad.optim.optimizer_spec import BuildContext, get_optimizer_spec, resolve_hyperparameters
 
 
 def _regression(seed: int = 0, n: int = 24):

@@ -31,7 +31,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from natgrad.experiments.registry import (
+from natgrad.experiments.experiment import (
     PRESET_OPTION,
     Experiment,
     ExperimentOption,

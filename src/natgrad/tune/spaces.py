@@ -29,7 +29,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 
 from natgrad.optim import get_optimizer_spec
-from natgrad.optim.registry import HyperValue
+from natgrad.optim.optimizer_spec import HyperValue
 
 SCALES: tuple[str, ...] = ("log", "linear", "log1m")
 SPACE_NAMES: tuple[str, ...] = ("restricted", "full")
