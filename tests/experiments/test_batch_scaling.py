@@ -124,6 +124,13 @@ def test_folder_of_another_run_is_refused(tmp_path, capsys):
     assert not (tmp_path / "study.db").exists()
 
 
+def test_a_training_run_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{}")
+    assert run_smoke(tmp_path) == 2
+    assert "holds a training run" in capsys.readouterr().err
+    assert not (tmp_path / "study.db").exists()
+
+
 def test_evaluation_steps_grow_geometrically_and_end_at_the_budget():
     steps = evaluation_steps(1000, 1.1)
     assert steps[:11] == list(range(1, 12)) and steps[-1] == 1000

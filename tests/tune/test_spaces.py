@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
+import tomllib
 
 from natgrad.optim import OPTIMIZERS, get_optimizer_spec
 from natgrad.tune.spaces import Dimension, SearchSpace, list_spaces, load_space
@@ -122,3 +124,47 @@ def test_every_shipped_space_maps_to_hyperparameters_its_optimizer_accepts():
                 point = [corner] * len(space.dimensions)
                 values = space.to_hyperparameters(point, total_steps=100)
                 assert set(values) <= set(OPTIMIZERS[optimizer].defaults())
+
+
+def test_an_experiments_spaces_load_from_its_sub_folder():
+    listing = list_spaces("batch-scaling")
+    assert set(listing) == {"sgd", "momentum", "nesterov", "adam", "kfac", "kfac_adaptive"}
+    assert all(names == ["batch-scaling"] for names in listing.values())
+    assert "batch-scaling" not in list_spaces()  # the tuner's own listing is unchanged
+    space = load_space("momentum", "batch-scaling", experiment="batch-scaling")
+    assert [(d.name, d.scale) for d in space.dimensions] == [("lr", "log"), ("momentum", "log1m")]
+    assert space.fixed == {"schedule": "constant"}
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda: list_spaces("nope"),
+            "no search spaces of experiment 'nope'; valid: batch-scaling",
+        ),
+        (
+            lambda: load_space("rmsprop", "batch-scaling", experiment="batch-scaling"),
+            "no batch-scaling search space for optimizer 'rmsprop'; valid: adam, kfac",
+        ),
+        (
+            lambda: load_space("sgd", "full", experiment="batch-scaling"),
+            "unknown space 'full' for 'sgd'; valid: batch-scaling",
+        ),
+    ],
+)
+def test_an_experiments_spaces_name_what_is_missing(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_the_package_data_ships_every_space_file():
+    """A non-editable install holds only the files pyproject's package-data names."""
+    root = Path(__file__).resolve().parents[2]
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    package = root / "src" / "natgrad"
+    shipped = {
+        path for pattern in setuptools["package-data"]["natgrad"] for path in package.glob(pattern)
+    }
+    space_files = set((package / "tune" / "spaces").rglob("*.json"))
+    assert space_files and space_files <= shipped

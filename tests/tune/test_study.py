@@ -14,7 +14,7 @@ from natgrad.train import RunResult
 from natgrad.tune import study as study_module
 from natgrad.tune.launch import run_studies
 from natgrad.tune.spaces import load_space
-from natgrad.tune.storage import StorageError, open_storage, storage_url
+from natgrad.tune.storage import StorageError, open_storage, set_trial_user_attr, storage_url
 from natgrad.tune.study import (
     StudySpec,
     claim_next_trial,
@@ -157,7 +157,7 @@ def test_a_lost_trial_is_marked_and_its_point_run_again(tmp_path):
     url = storage_url(tmp_path, None)
     (study,) = prepare_studies(url, [SPEC], 2)
     trial = claim_next_trial(study, 2)
-    study._storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time() - 10_000)
+    set_trial_user_attr(study, trial, "heartbeat", time.time() - 10_000)
     prepare_studies(url, [SPEC], 2)
     assert work(url, [SPEC], 2) == 2
     states = {t.number: (t.state, t.user_attrs.get("status")) for t in study.trials}

@@ -5,32 +5,29 @@ steps S(B) that any hyperparameter setting of a search needs to reach a target, 
 read off where S(B) stops halving when B doubles. Here each (optimizer, B) is one
 quasi-random Optuna study of natgrad's tune package (:mod:`natgrad.tune.study`): the
 first K points of a scrambled Halton sequence in the optimizer's scaling space
-(:data:`SCALING_SPACES`: the learning rate and the optimizer's key hyperparameter), so
+(``tune/spaces/batch-scaling/``: the learning rate and the optimizer's key hyperparameter), so
 running the command again resumes, a larger ``--trials`` extends every study, new
 batch sizes add studies, and ``--storage``/``--workers`` share the work as in
 ``natgrad tune``.
 
-A trial trains from the seeded initialization (the runner's model, optimizer, schedule
-and batches) for at most ``budget(B) = clamp(ceil(examples_budget / B), min_steps,
-max_steps)`` steps, evaluates the target metric on the validation split at steps
-1, 2, ... growing geometrically by ``eval_ratio`` (so a step count is at most that
-factor above the first step at the target), and stops at the first evaluation at or
-below the target. Its value is that step, or infinity if the target was not reached
-(a diverged trial is a failure). S(B) is the best trial's value; the critical batch
-size follows :mod:`natgrad.experiments.scaling`.
+A trial (:func:`train_to_target`, the objective the tuner runs at each point) trains
+from the seeded initialization (the runner's model, optimizer, schedule and batches) for
+at most ``budget(B) = clamp(ceil(examples_budget / B), min_steps, max_steps)`` steps,
+evaluates the target metric on the validation split at steps 1, 2, ... growing
+geometrically by ``eval_ratio`` (so a step count is at most that factor above the first
+step at the target), and stops at the first evaluation at or below the target. Its
+value is that step, or infinity if the target was not reached (a diverged trial is a
+failure). S(B) is the best trial's value; the critical batch size follows
+:mod:`natgrad.experiments.scaling`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 import time
-import traceback
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import optuna
 import torch
 
@@ -42,76 +39,29 @@ from natgrad.experiments.experiment import (
     write_results,
 )
 from natgrad.experiments.scaling import critical_batch_size, fit_scaling_model
-from natgrad.train.config import RunConfig
+from natgrad.folders import check_folder_kind
 from natgrad.train.session import DivergenceRule, TrainingSession, load_workload_data
-from natgrad.tune.spaces import Dimension, SearchSpace
+from natgrad.tune.spaces import SearchSpace, list_spaces, load_space
 from natgrad.tune.storage import redact, storage_url
-from natgrad.tune.study import (
-    NUMERICAL_FAILURES,
-    Heartbeat,
-    StudySpec,
-    finish_trial,
-    point_parameters,
-    trial_records,
-)
+from natgrad.tune.study import StudySpec, TrialOutcome, trial_records
 from natgrad.workloads import get_workload
 
 SPACE_NAME = "batch-scaling"
 METRICS = ("val_error", "val_loss")
-FIXED = {"schedule": "constant"}
 DIVERGENCE_FACTOR = 1e3  # a mini-batch loss this many times the first one is a divergence
 DIVERGENCE = DivergenceRule(threshold=DIVERGENCE_FACTOR, relative_to_first=True)
 
-# Learning rate and each optimizer's key hyperparameter; constant schedules, so that a
-# trial's steps to the target do not depend on its budget.
-SCALING_SPACES: dict[str, SearchSpace] = {
-    "sgd": SearchSpace("sgd", SPACE_NAME, (Dimension("lr", "log", 1e-3, 10.0),), dict(FIXED), "lr"),
-    "momentum": SearchSpace(
-        "momentum",
-        SPACE_NAME,
-        (Dimension("lr", "log", 1e-3, 3.0), Dimension("momentum", "log1m", 0.5, 0.99)),
-        dict(FIXED),
-        "lr and 1 - momentum on log scales",
-    ),
-    "nesterov": SearchSpace(
-        "nesterov",
-        SPACE_NAME,
-        (Dimension("lr", "log", 1e-3, 3.0), Dimension("momentum", "log1m", 0.5, 0.99)),
-        dict(FIXED),
-        "lr and 1 - momentum on log scales",
-    ),
-    "adam": SearchSpace(
-        "adam",
-        SPACE_NAME,
-        (Dimension("lr", "log", 1e-4, 0.1), Dimension("beta1", "log1m", 0.5, 0.99)),
-        {**FIXED, "beta2": 0.999, "eps": 1e-8},
-        "lr and 1 - beta1 on log scales",
-    ),
-    "kfac_adaptive": SearchSpace(
-        "kfac_adaptive",
-        SPACE_NAME,
-        (Dimension("damping", "log", 1e-3, 10.0),),
-        dict(FIXED),
-        "initial damping lambda_0 (step size and momentum from the quadratic model)",
-    ),
-    "kfac": SearchSpace(
-        "kfac",
-        SPACE_NAME,
-        (Dimension("kl_clip", "log", 1e-5, 1e-1), Dimension("damping", "log", 1e-4, 1.0)),
-        {**FIXED, "lr": 0.1, "momentum": 0.9},
-        "KL-clip constant (the step length) and damping",
-    ),
-}
-
 
 def scaling_space(optimizer: str) -> SearchSpace:
-    """The scaling search space of ``optimizer``; ValueError lists the ones there are."""
-    if optimizer not in SCALING_SPACES:
-        raise ValueError(
-            f"no batch-scaling search space for optimizer {optimizer!r}; "
-            f"valid: {', '.join(SCALING_SPACES)}"
-        )
-    return SCALING_SPACES[optimizer]
+    """The scaling search space of ``optimizer`` (tune/spaces/batch-scaling/): the learning
+    rate and its key hyperparameter, with a constant schedule so that a trial's steps to
+    the target do not depend on its budget; ValueError lists the optimizers that have one."""
+    return load_space(optimizer, SPACE_NAME, experiment=SPACE_NAME)
+
+
+SCALING_SPACES: dict[str, SearchSpace] = {
+    optimizer: scaling_space(optimizer) for optimizer in list_spaces(SPACE_NAME)
+}
 
 
 @dataclass(frozen=True)
@@ -164,35 +114,19 @@ def evaluation_steps(budget: int, ratio: float) -> list[int]:
     return steps + [budget]
 
 
-@dataclass
-class Attempt:
-    """One trial's training: its status, the step at the target (or None) and its curve."""
-
-    status: str = "completed"
-    steps: int | None = None
-    history: list[list[float]] = field(default_factory=list)  # [step, metric, train loss]
-    reason: str = ""
-
-
 @torch.no_grad()
 def produces_finite_outputs(model: torch.nn.Module, inputs: torch.Tensor) -> bool:
     return bool(torch.isfinite(model(inputs)).all())
 
 
-def train_to_target(spec: ScalingStudySpec, hyperparameters: dict) -> Attempt:
-    """Train until the validation metric is <= the target, the budget ends or it diverges."""
-    resolved = RunConfig(
-        spec.workload,
-        spec.optimizer,
-        steps=spec.steps,
-        batch_size=spec.batch_size,
-        seed=spec.seed,
-        hyperparameters=hyperparameters,
-        evaluate_test=False,
-    ).resolved()
-    session = TrainingSession(resolved, "cpu", DIVERGENCE)
+def train_to_target(spec: ScalingStudySpec, hyperparameters: dict) -> TrialOutcome:
+    """The studies' objective: train until the validation metric is <= the target, the
+    budget ends or it diverges. The value is the step at the target (inf if not reached);
+    the trial keeps its curve ``[[step, metric, train loss], ...]`` and whether it got there.
+    """
+    session = TrainingSession(spec.run_config(hyperparameters).resolved(), "cpu", DIVERGENCE)
     key = spec.target_metric.removeprefix("val_")
-    attempt = Attempt()
+    history: list[list[float]] = []
     checkpoints = set(evaluation_steps(spec.steps, spec.eval_ratio))
     for step in range(1, spec.steps + 1):
         try:
@@ -200,49 +134,26 @@ def train_to_target(spec: ScalingStudySpec, hyperparameters: dict) -> Attempt:
         except RuntimeError as error:  # e.g. K-FAC sampling targets from non-finite outputs
             if produces_finite_outputs(session.model, session.batch(step - 1)[0]):
                 raise
-            attempt.status, attempt.reason = "diverged", f"non-finite outputs: {error}"
-            return attempt
+            return scaling_outcome(history, diverged=f"non-finite outputs: {error}")
         if session.diverged(loss):
-            attempt.status, attempt.reason = "diverged", f"training loss {loss} at step {step}"
-            return attempt
+            return scaling_outcome(history, diverged=f"training loss {loss} at step {step}")
         if step in checkpoints:
             value = session.evaluate("val")[key]
-            attempt.history.append([step, value, loss])
+            history.append([step, value, loss])
             if value <= spec.target:
-                attempt.steps = step
-                return attempt
-    return attempt
+                return scaling_outcome(history, reached_at=step)
+    return scaling_outcome(history)
 
 
-def run_scaling_trial(study: optuna.Study, trial: optuna.Trial, spec: ScalingStudySpec) -> str:
-    """The study's trial runner: steps to the target as the value (inf if not reached)."""
-    space = spec.search_space()
-    point = np.asarray(trial.user_attrs["point"])
-    for name, (_, distribution) in point_parameters(space, point).items():
-        trial.suggest_float(name, distribution.low, distribution.high, log=distribution.log)
-    hyperparameters = space.to_hyperparameters(point, total_steps=spec.steps)
-    trial.set_user_attr("hyperparameters", hyperparameters)
-    started = time.perf_counter()
-    try:
-        with Heartbeat(study, trial._trial_id):
-            attempt = train_to_target(spec, hyperparameters)
-    except NUMERICAL_FAILURES as error:  # infeasible hyperparameters, like a divergence
-        attempt = Attempt("diverged", reason=f"{type(error).__name__}: {error}")
-    except KeyboardInterrupt:
-        attempt = Attempt("interrupted", reason="stopped by a signal")
-    except Exception as error:  # noqa: BLE001 - a failing trial is recorded, not fatal
-        attempt = Attempt("error", reason=f"{type(error).__name__}: {error}")
-        print(
-            f"[batch-scaling] trial {trial.number} of {spec.name} raised an unexpected error "
-            f"(recorded as failed):\n{traceback.format_exc()}",
-            file=sys.stderr,
-            flush=True,
-        )
-    trial.set_user_attr("duration_s", time.perf_counter() - started)
-    trial.set_user_attr("history", attempt.history)
-    trial.set_user_attr("reached", attempt.steps is not None)
-    value = math.inf if attempt.steps is None else float(attempt.steps)
-    return finish_trial(study, trial, attempt.status, attempt.reason, value)
+def scaling_outcome(
+    history: list[list[float]], reached_at: int | None = None, diverged: str = ""
+) -> TrialOutcome:
+    """Steps to the target as the value (inf if not reached), or diverged with its reason."""
+    attrs = {"history": history, "reached": reached_at is not None}
+    if diverged:
+        return TrialOutcome("diverged", reason=diverged, attrs=attrs)
+    steps = math.inf if reached_at is None else float(reached_at)
+    return TrialOutcome("completed", steps, attrs=attrs)
 
 
 @dataclass(frozen=True)
@@ -311,18 +222,6 @@ def _train_size(workload: str) -> int | None:
     return len(load_workload_data(get_workload(workload), None, "cpu").train)
 
 
-SMOKE = ScalingConfig(
-    workload="digits_mlp",
-    optimizers=("sgd", "momentum", "adam", "kfac_adaptive"),
-    batch_sizes=(16, 64, 256),
-    target=0.15,
-    target_metric="val_error",
-    trials=2,
-    examples_budget=6_000,
-    min_steps=20,
-    max_steps=300,
-    preset="smoke",
-)
 FULL = ScalingConfig(
     workload="mnist1d_mlp",
     optimizers=("sgd", "momentum", "adam", "kfac_adaptive"),
@@ -334,6 +233,19 @@ FULL = ScalingConfig(
     min_steps=500,
     max_steps=8_000,
     preset="full",
+)
+# The measurement made small: an easier workload and target, 2 trials of 3 batch sizes,
+# short budgets.
+SMOKE = replace(
+    FULL,
+    workload="digits_mlp",
+    target=0.15,
+    trials=2,
+    batch_sizes=(16, 64, 256),
+    examples_budget=6_000,
+    min_steps=20,
+    max_steps=300,
+    preset="smoke",
 )
 PRESETS = {"smoke": SMOKE, "full": FULL}
 
@@ -389,19 +301,6 @@ def analyze(config: ScalingConfig, rows: dict[str, list[dict]]) -> dict:
     }
 
 
-def check_folder(out_dir: Path) -> None:
-    """Refuse a folder whose results.json belongs to another kind of run."""
-    path = Path(out_dir) / "results.json"
-    if not path.exists():
-        return
-    try:
-        kind = json.loads(path.read_text()).get("experiment")
-    except json.JSONDecodeError:
-        kind = None
-    if kind != "batch-scaling":
-        raise ValueError(f"{out_dir} holds results of another run; use another --out folder")
-
-
 def measure(
     config: ScalingConfig, out_dir: Path, storage: str | None = None, workers: int = 1
 ) -> dict:
@@ -413,12 +312,12 @@ def measure(
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"--workers must be an integer >= 1, got {workers!r}")
     out_dir = Path(out_dir)
-    check_folder(out_dir)
+    check_folder_kind(out_dir, "study", experiment="batch-scaling")
     out_dir.mkdir(parents=True, exist_ok=True)
     url = storage_url(out_dir, storage)
     specs = config.specs()
     started, cpu_started = time.perf_counter(), time.process_time()
-    studies = run_studies(url, specs, config.trials, workers, runner=run_scaling_trial)
+    studies = run_studies(url, specs, config.trials, workers, objective=train_to_target)
     rows: dict[str, list[dict]] = {name: [] for name in config.optimizers}
     for study, spec in zip(studies, specs, strict=True):
         rows[spec.optimizer].append(batch_row(study, spec, config.trials))

@@ -29,7 +29,7 @@ from torch import Tensor
 from natgrad.distributed.comms import any_rank, from_rank_zero
 from natgrad.distributed.coordinator import World
 from natgrad.distributed.launch import rank_device
-from natgrad.folders import folder_kind
+from natgrad.folders import FolderKindError, check_folder_kind
 from natgrad.jsonio import dumps as json_dumps
 from natgrad.jsonio import write_json, write_text_atomically
 from natgrad.optim.optimizer_spec import OptimizerSpec, get_optimizer_spec
@@ -167,11 +167,10 @@ def check_run_folder_contents(
     """RunFolderError if the files in ``out_dir`` forbid the use asked (touches nothing)."""
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite exclude each other: choose one")
-    if folder_kind(out_dir) == "study":
-        raise RunFolderError(
-            f"{out_dir} is a study folder of `natgrad tune` or `natgrad compare`, not a "
-            "training run; pass another --out"
-        )
+    try:
+        check_folder_kind(out_dir, "run")
+    except FolderKindError as error:
+        raise RunFolderError(str(error)) from None
     if not folder_entries(out_dir):
         return
     if overwrite:

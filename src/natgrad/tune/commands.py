@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
 
 from natgrad.tune.folder import check_study_folder, mark_study_folder
 
 
-def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options `natgrad tune` and `natgrad compare` share: the workload, K trials of S
+    steps, where the studies live and who runs them."""
+    parser.add_argument(
+        "--workload", required=True, help="workload name, required (see `natgrad workloads`)"
+    )
     parser.add_argument(
         "--trials", type=int, required=True, help="total trials per study (K), required"
     )
@@ -36,16 +42,13 @@ def add_tune_parser(commands) -> None:
     parser = commands.add_parser(
         "tune", help="quasi-random search of one optimizer's space (an Optuna study)"
     )
-    parser.add_argument(
-        "--workload", required=True, help="workload name, required (see `natgrad workloads`)"
-    )
+    add_study_arguments(parser)
     parser.add_argument(
         "--optimizer", required=True, help="optimizer name, required (see `natgrad optimizers`)"
     )
     parser.add_argument(
         "--space", default="full", help="search space: restricted or full (default: full)"
     )
-    add_storage_arguments(parser)
     parser.set_defaults(handler=run_tune)
 
 
@@ -102,9 +105,7 @@ def add_compare_parser(commands) -> None:
     parser = commands.add_parser(
         "compare", help="tune several optimizers in both spaces, re-run the best, analyse"
     )
-    parser.add_argument(
-        "--workload", required=True, help="workload name, required (see `natgrad workloads`)"
-    )
+    add_study_arguments(parser)
     parser.add_argument(
         "--optimizers",
         default="sgd,momentum,nesterov,rmsprop,adam,nadam",
@@ -113,7 +114,6 @@ def add_compare_parser(commands) -> None:
     parser.add_argument(
         "--space", default="restricted,full", help="comma-separated spaces (default: %(default)s)"
     )
-    add_storage_arguments(parser)
     parser.add_argument(
         "--seeds", type=int, default=3, help="re-runs of each best trial (default: 3)"
     )
@@ -130,20 +130,23 @@ def split_names(text: str, what: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def run_compare_command(args: argparse.Namespace) -> int:
-    from natgrad.tune.compare import CompareConfig, run_compare
+def compare_config(args: argparse.Namespace):
+    """The CompareConfig the options give: each option sets the field of its name, the
+    comma-separated lists are split."""
+    from natgrad.tune.compare import CompareConfig
 
-    config = CompareConfig(
-        workload=args.workload,
-        optimizers=split_names(args.optimizers, "--optimizers"),
-        spaces=split_names(args.space, "--space"),
-        trials=args.trials,
-        steps=args.steps,
-        seeds=args.seeds,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        bootstrap=args.bootstrap,
-    )
+    lists = {
+        "optimizers": split_names(args.optimizers, "--optimizers"),
+        "spaces": split_names(args.space, "--space"),
+    }
+    plain = {f.name: getattr(args, f.name) for f in fields(CompareConfig) if f.name not in lists}
+    return CompareConfig(**plain, **lists)
+
+
+def run_compare_command(args: argparse.Namespace) -> int:
+    from natgrad.tune.compare import run_compare
+
+    config = compare_config(args)
     results = run_compare(config, Path(args.out), storage=args.storage, workers=args.workers)
     print_ranking(results)
     print(

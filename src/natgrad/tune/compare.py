@@ -17,7 +17,7 @@ import multiprocessing
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from natgrad.jsonio import dumps as json_dumps
@@ -93,16 +93,9 @@ def rerun_folder(out_dir: Path, spec: StudySpec, seed: int) -> Path:
 
 
 def rerun_config(spec: StudySpec, hyperparameters: dict, seed: int) -> RunConfig:
-    return RunConfig(
-        spec.workload,
-        spec.optimizer,
-        steps=spec.steps,
-        batch_size=spec.batch_size,
-        seed=seed,
-        eval_every=max(1, spec.steps // 20),
-        hyperparameters=hyperparameters,
-        evaluate_test=True,
-    )
+    """A best trial's run again with ``seed``, evaluated on the test split as well."""
+    trial = spec.run_config(hyperparameters)
+    return replace(trial, seed=seed, eval_every=max(1, spec.steps // 20), evaluate_test=True)
 
 
 def same_run_config(folder: Path, config: RunConfig) -> bool:

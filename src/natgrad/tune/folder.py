@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from natgrad.folders import STUDY_MARKER, folder_kind
+from natgrad.folders import STUDY_MARKER, check_folder_kind
 from natgrad.jsonio import write_json
 
 MARKER_FILE = STUDY_MARKER
@@ -15,11 +15,7 @@ def check_study_folder(out_dir: Path, workload: str) -> None:
     """Raise ValueError if ``out_dir`` is a training run or holds studies of another
     workload (nothing written)."""
     out_dir = Path(out_dir)
-    if folder_kind(out_dir) == "run":
-        raise ValueError(
-            f"{out_dir} holds a training run (config.json, metrics.jsonl), not studies; "
-            "use another --out folder"
-        )
+    check_folder_kind(out_dir, "study")
     marker = out_dir / MARKER_FILE
     if not marker.exists():
         return

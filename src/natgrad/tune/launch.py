@@ -23,11 +23,14 @@ import optuna
 from optuna.trial import TrialState
 
 from natgrad.tune.owner import current_owner
+from natgrad.tune.storage import live_trial
 from natgrad.tune.study import (
+    Objective,
     StudySpec,
     counts_as_trial,
     finish_trial,
     prepare_studies,
+    train_to_the_end,
     trial_status,
     work,
 )
@@ -159,7 +162,9 @@ def stop_when_parent_dies(parent: int, interval: float = PARENT_CHECK_S) -> thre
     return thread
 
 
-def _worker_main(url: str, specs: list[StudySpec], trials: int, parent: int, runner=None) -> None:
+def _worker_main(
+    url: str, specs: list[StudySpec], trials: int, parent: int, objective: Objective
+) -> None:
     """A worker: SIGINT stays ignored (as the launcher started it) until the handlers that
     record an interrupted trial are installed; a Ctrl-C during its imports reaches the
     launcher alone, whose SIGTERM then ends the worker without a traceback."""
@@ -171,15 +176,21 @@ def _worker_main(url: str, specs: list[StudySpec], trials: int, parent: int, run
     sys.unraisablehook = quiet_interrupts
     try:
         stop_when_parent_dies(parent)
-        work(url, specs, trials, runner=runner)
+        work(url, specs, trials, objective=objective)
     except KeyboardInterrupt:
         sys.exit(130)
 
 
-def spawn_workers(url: str, specs: list[StudySpec], trials: int, workers: int, runner=None) -> list:
+def spawn_workers(
+    url: str,
+    specs: list[StudySpec],
+    trials: int,
+    workers: int,
+    objective: Objective = train_to_the_end,
+) -> list:
     """Start ``workers`` spawned processes running :func:`work` with one thread each.
 
-    ``specs`` (dataclasses) and ``runner`` (a module-level function) are pickled.
+    ``specs`` (dataclasses) and ``objective`` (a module-level function) are pickled.
     """
     context = multiprocessing.get_context("spawn")
     previous = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -188,7 +199,7 @@ def spawn_workers(url: str, specs: list[StudySpec], trials: int, workers: int, r
         processes = [
             context.Process(
                 target=_worker_main,
-                args=(url, list(specs), trials, os.getpid(), runner),
+                args=(url, list(specs), trials, os.getpid(), objective),
                 daemon=False,
             )
             for _ in range(workers)
@@ -210,15 +221,16 @@ def run_studies(
     trials: int,
     workers: int = 1,
     progress: bool = True,
-    runner=None,
+    objective: Objective = train_to_the_end,
 ) -> list[optuna.Study]:
     """Bring every study of ``specs`` to ``trials`` trials, with ``workers`` processes.
 
-    ``runner`` replaces :func:`natgrad.tune.study.run_trial` (see :func:`work`).
+    ``objective(spec, hyperparameters) -> TrialOutcome`` gives each trial's outcome
+    (default: train to the end, see :func:`natgrad.tune.study.run_trial`).
     """
     check_workers(workers)
     with signals_as_interrupt():
-        return _run_studies(url, specs, trials, workers, progress, runner)
+        return _run_studies(url, specs, trials, workers, progress, objective)
 
 
 @contextlib.contextmanager
@@ -239,7 +251,12 @@ def signals_as_interrupt():
 
 
 def _run_studies(
-    url: str, specs: list[StudySpec], trials: int, workers: int, progress: bool, runner=None
+    url: str,
+    specs: list[StudySpec],
+    trials: int,
+    workers: int,
+    progress: bool,
+    objective: Objective,
 ) -> list[optuna.Study]:
     recovered: list[int] = []
     studies = prepare_studies(url, specs, trials, on_recovered=recovered.append)
@@ -248,9 +265,9 @@ def _run_studies(
     monitor.report()
     try:
         if workers == 1:
-            work(url, specs, trials, on_trial=monitor.report, runner=runner)
+            work(url, specs, trials, on_trial=monitor.report, objective=objective)
         else:
-            run_workers(url, specs, trials, workers, monitor, runner)
+            run_workers(url, specs, trials, workers, monitor, objective)
     except KeyboardInterrupt:
         raise Interrupted(interrupted_message(monitor.counts()[0])) from None
     monitor.report()
@@ -268,14 +285,14 @@ def run_workers(
     trials: int,
     workers: int,
     monitor: StudyProgress,
-    runner=None,
+    objective: Objective = train_to_the_end,
 ) -> None:
     """Spawn the workers and report until they finish; on a signal here, stop them (each
     records its trial as interrupted) and raise KeyboardInterrupt."""
     processes: list = []
     try:
         with interrupts_ignored_by_new_processes():  # see _worker_main
-            processes = spawn_workers(url, specs, trials, workers, runner)
+            processes = spawn_workers(url, specs, trials, workers, objective)
         while any(process.is_alive() for process in processes):
             time.sleep(POLL_INTERVAL_S)
             monitor.report()
@@ -338,5 +355,5 @@ def record_trials_of_killed_workers(studies: list[optuna.Study], pids: list[int]
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = frozen.user_attrs.get("owner") or {}
             if owner.get("pid") in pids and owner.get("host") == here:
-                trial = optuna.Trial(study, frozen._trial_id)
+                trial = live_trial(study, frozen)
                 finish_trial(study, trial, "interrupted", "its worker did not stop in time")

@@ -13,6 +13,10 @@ fixed values; quasi-random search draws points ``u`` in the unit cube ``[0, 1]^d
 
 A dimension marked ``fraction_of_total_steps`` (``decay_steps``) is searched as a
 fraction of the run and turned into a step count with the run's ``total_steps``.
+
+An experiment that searches spaces of its own keeps them in a sub-folder named after it,
+in the same format (``tune/spaces/batch-scaling/sgd.json``), loaded with
+``load_space(optimizer, space, experiment="batch-scaling")``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from importlib.resources.abc import Traversable
 
 from natgrad.optim import get_optimizer_spec
 from natgrad.optim.optimizer_spec import HyperValue
@@ -145,8 +150,16 @@ class SearchSpace:
         return "\n".join(lines)
 
 
-def _space_files() -> dict[str, object]:
+def _space_files(experiment: str | None = None) -> dict[str, Traversable]:
+    """``{optimizer: file}`` of the tuner's spaces, or of ``experiment``'s sub-folder."""
     folder = resources.files("natgrad.tune").joinpath("spaces")
+    if experiment is not None:
+        experiments = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
+        if experiment not in experiments:
+            raise ValueError(
+                f"no search spaces of experiment {experiment!r}; valid: {', '.join(experiments)}"
+            )
+        folder = folder.joinpath(experiment)
     return {
         entry.name[: -len(".json")]: entry
         for entry in folder.iterdir()
@@ -154,10 +167,11 @@ def _space_files() -> dict[str, object]:
     }
 
 
-def list_spaces() -> dict[str, list[str]]:
-    """``{optimizer: [space names]}`` for every shipped search-space file."""
+def list_spaces(experiment: str | None = None) -> dict[str, list[str]]:
+    """``{optimizer: [space names]}`` for every shipped search-space file (of the tuner, or
+    of ``experiment``)."""
     listing = {}
-    for optimizer, path in sorted(_space_files().items()):
+    for optimizer, path in sorted(_space_files(experiment).items()):
         listing[optimizer] = sorted(json.loads(path.read_text())["spaces"])
     return listing
 
@@ -173,12 +187,14 @@ def _check_names(optimizer: str, names: list[str]) -> None:
         )
 
 
-def load_space(optimizer: str, space: str = "full") -> SearchSpace:
-    """Load search space ``space`` ("restricted" or "full") of ``optimizer``."""
-    files = _space_files()
+def load_space(optimizer: str, space: str = "full", experiment: str | None = None) -> SearchSpace:
+    """Load search space ``space`` of ``optimizer``: the tuner's "restricted" or "full", or
+    one of ``experiment``'s own (e.g. ``("sgd", "batch-scaling", "batch-scaling")``)."""
+    files = _space_files(experiment)
     if optimizer not in files:
+        kind = "search space" if experiment is None else f"{experiment} search space"
         raise ValueError(
-            f"no search space for optimizer {optimizer!r}; valid: {', '.join(sorted(files))}"
+            f"no {kind} for optimizer {optimizer!r}; valid: {', '.join(sorted(files))}"
         )
     spaces = json.loads(files[optimizer].read_text())["spaces"]
     if space not in spaces:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 from natgrad.folders import STUDY_DATABASE
@@ -126,3 +127,37 @@ def _exclusive(url: str, parsed, dialect: str) -> Iterator[None]:
                 connection.commit()
         return
     yield
+
+
+# Optuna keeps a trial's storage id private and offers no public way to change another
+# process's trial (claim a waiting one, mark a lost one) or to resume a running trial by
+# id; these functions are the only places that reach into those private names.
+
+
+def _trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    return trial._trial_id
+
+
+def set_trial_user_attr(
+    study: optuna.Study, trial: optuna.Trial | FrozenTrial, key: str, value: object
+) -> None:
+    """Store ``key = value`` on ``trial`` directly in the study's storage (any trial state)."""
+    study._storage.set_trial_user_attr(_trial_id(trial), key, value)
+
+
+def set_trial_state(
+    study: optuna.Study, trial: optuna.Trial | FrozenTrial, state: TrialState
+) -> bool:
+    """Move ``trial`` to ``state`` in the storage; False if another process moved it first
+    (WAITING to RUNNING), UpdateFinishedTrialError if it is already finished."""
+    return study._storage.set_trial_state_values(_trial_id(trial), state=state)
+
+
+def stored_trial_state(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> TrialState:
+    """The state of ``trial`` as stored now (another process may have changed it)."""
+    return study._storage.get_trial(_trial_id(trial)).state
+
+
+def live_trial(study: optuna.Study, trial: FrozenTrial) -> optuna.Trial:
+    """A running trial of ``study`` as an ``optuna.Trial`` that can report and be told."""
+    return optuna.Trial(study, _trial_id(trial))

@@ -16,6 +16,7 @@ point is enqueued again.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import sys
@@ -24,7 +25,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import optuna
@@ -39,7 +40,14 @@ from natgrad.optim.natural_gradient import IndefiniteCurvatureError
 from natgrad.train import RunConfig, train
 from natgrad.tune.owner import current_owner, owner_is_gone
 from natgrad.tune.spaces import SearchSpace, load_space
-from natgrad.tune.storage import open_storage, study_lock
+from natgrad.tune.storage import (
+    live_trial,
+    open_storage,
+    set_trial_state,
+    set_trial_user_attr,
+    stored_trial_state,
+    study_lock,
+)
 from natgrad.workloads import get_workload
 
 ATTRS_KEY = "natgrad"
@@ -48,6 +56,7 @@ LOST_AFTER_S = 300.0
 COUNTED_FAILURES = ("diverged", "error", "non-finite")
 # Failures that say the hyperparameters are infeasible (like a divergence), not a bug.
 NUMERICAL_FAILURES = (ArithmeticError, torch.linalg.LinAlgError, IndefiniteCurvatureError)
+OUTCOME_STATUSES = ("completed", *COUNTED_FAILURES, "interrupted")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -89,6 +98,18 @@ class StudySpec:
 
     def attrs(self) -> dict:
         return asdict(self)
+
+    def run_config(self, hyperparameters: dict) -> RunConfig:
+        """The training run of a trial at ``hyperparameters`` (validation split only)."""
+        return RunConfig(
+            self.workload,
+            self.optimizer,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            hyperparameters=hyperparameters,
+            evaluate_test=False,
+        )
 
 
 def quasi_random_points(dimension: int, count: int, seed: int) -> np.ndarray:
@@ -222,10 +243,10 @@ def mark_lost_trials(study: optuna.Study, lost_after_s: float = LOST_AFTER_S) ->
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         reason = lost_reason(trial, now, lost_after_s)
         if reason is not None:
-            study._storage.set_trial_user_attr(trial._trial_id, "status", "lost")
-            study._storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+            set_trial_user_attr(study, trial, "status", "lost")
+            set_trial_user_attr(study, trial, "reason", reason)
             try:
-                study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+                set_trial_state(study, trial, TrialState.FAIL)
                 lost += 1
             except UpdateFinishedTrialError:
                 pass
@@ -290,10 +311,10 @@ def claim_next_trial(study: optuna.Study, limit: int) -> optuna.Trial | None:
         if frozen.user_attrs.get("point_index", limit) >= limit:
             continue
         try:
-            if study._storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
-                study._storage.set_trial_user_attr(frozen._trial_id, "owner", current_owner())
-                study._storage.set_trial_user_attr(frozen._trial_id, "heartbeat", time.time())
-                return optuna.Trial(study, frozen._trial_id)
+            if set_trial_state(study, frozen, TrialState.RUNNING):
+                set_trial_user_attr(study, frozen, "owner", current_owner())
+                set_trial_user_attr(study, frozen, "heartbeat", time.time())
+                return live_trial(study, frozen)
         except UpdateFinishedTrialError:
             continue
     return None
@@ -302,8 +323,10 @@ def claim_next_trial(study: optuna.Study, limit: int) -> optuna.Trial | None:
 class Heartbeat:
     """Writes ``heartbeat = time.time()`` on a running trial every ``interval`` seconds."""
 
-    def __init__(self, study: optuna.Study, trial_id: int, interval: float = HEARTBEAT_INTERVAL_S):
-        self.study, self.trial_id, self.interval = study, trial_id, interval
+    def __init__(
+        self, study: optuna.Study, trial: optuna.Trial, interval: float = HEARTBEAT_INTERVAL_S
+    ):
+        self.study, self.trial, self.interval = study, trial, interval
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
@@ -311,7 +334,7 @@ class Heartbeat:
         while not self.stop.wait(self.interval):
             # A missed beat only delays the lost-trial check; it must never stop the trial.
             with contextlib.suppress(Exception):
-                self.study._storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+                set_trial_user_attr(self.study, self.trial, "heartbeat", time.time())
 
     def __enter__(self) -> Heartbeat:
         self.thread.start()
@@ -342,51 +365,97 @@ def finite_floats(values: dict) -> dict:
     return {k: v for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
-def run_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec) -> str:
-    """Train the trial's point for ``spec.steps`` steps and tell the study; returns its status."""
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What an objective reports for one trial: its status, the value the study minimizes
+    (read only when completed), why it failed, and user attributes to store on the trial
+    (e.g. its learning curve, for the report)."""
+
+    status: str = "completed"
+    value: float = math.nan
+    reason: str = ""
+    attrs: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in OUTCOME_STATUSES:
+            raise ValueError(
+                f"status must be one of {', '.join(OUTCOME_STATUSES)}, got {self.status!r}"
+            )
+
+
+Objective = Callable[[StudySpec, dict], TrialOutcome]
+
+
+def train_to_the_end(spec: StudySpec, hyperparameters: dict) -> TrialOutcome:
+    """The tuner's objective: train ``spec.steps`` steps, the value is the final
+    ``spec.metric`` on the validation split."""
+    result = train(spec.run_config(hyperparameters))
+    value = result.final.get(spec.metric, math.nan)
+    attrs = {
+        "final": finite_floats(result.final),
+        "history": compact_history(result.history, spec.metric),
+    }
+    if result.status == "diverged":
+        reason = f"training loss became non-finite at step {result.diverged_at_step}"
+        return TrialOutcome("diverged", value, reason, attrs)
+    if result.status == "interrupted":
+        return TrialOutcome(
+            "interrupted", value, f"stopped by a signal at step {result.step}", attrs
+        )
+    if not math.isfinite(value):
+        return TrialOutcome("non-finite", value, f"{spec.metric} is {value}", attrs)
+    return TrialOutcome(result.status, value, "", attrs)
+
+
+def suggest_point(trial: optuna.Trial, spec: StudySpec) -> dict:
+    """Show the trial's point to Optuna as parameters; returns its hyperparameters (stored
+    on the trial too)."""
     space = spec.search_space()
     point = trial.user_attrs["point"]
     for name, (_, distribution) in point_parameters(space, np.asarray(point)).items():
         trial.suggest_float(name, distribution.low, distribution.high, log=distribution.log)
     hyperparameters = space.to_hyperparameters(point, total_steps=spec.steps)
     trial.set_user_attr("hyperparameters", hyperparameters)
-    config = RunConfig(
-        spec.workload,
-        spec.optimizer,
-        steps=spec.steps,
-        batch_size=spec.batch_size,
-        seed=spec.seed,
-        hyperparameters=hyperparameters,
-        evaluate_test=False,
-    )
+    return hyperparameters
+
+
+def run_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    spec: StudySpec,
+    objective: Objective = train_to_the_end,
+) -> str:
+    """Run ``objective`` at the trial's point and tell the study; returns the trial's status.
+
+    An exception of the objective is the trial's outcome, never the caller's: a signal
+    (KeyboardInterrupt) makes it interrupted, a numerical failure (:data:`NUMERICAL_FAILURES`)
+    diverged, anything else an error (printed with its traceback). A completed outcome
+    whose value is NaN is recorded as non-finite.
+    """
+    hyperparameters = suggest_point(trial, spec)
     started = time.perf_counter()
-    status, reason, value = "error", "", math.nan
     try:
-        with Heartbeat(study, trial._trial_id):
-            result = train(config)
-        status, value = result.status, result.final.get(spec.metric, math.nan)
-        trial.set_user_attr("final", finite_floats(result.final))
-        trial.set_user_attr("history", compact_history(result.history, spec.metric))
-        if status == "diverged":
-            reason = f"training loss became non-finite at step {result.diverged_at_step}"
-        elif status == "completed" and not math.isfinite(value):
-            status, reason = "non-finite", f"{spec.metric} is {value}"
-        elif status == "interrupted":
-            reason = f"stopped by a signal at step {result.step}"
+        with Heartbeat(study, trial):
+            outcome = objective(spec, hyperparameters)
     except KeyboardInterrupt:  # a signal before or after the training loop
-        status, reason = "interrupted", "stopped by a signal"
+        outcome = TrialOutcome("interrupted", reason="stopped by a signal")
     except NUMERICAL_FAILURES as error:  # the point is infeasible, like a divergence
-        status, reason = "diverged", f"{type(error).__name__}: {error}"
+        outcome = TrialOutcome("diverged", reason=f"{type(error).__name__}: {error}")
     except Exception as error:  # noqa: BLE001 - any failure of a trial is recorded, not fatal
-        reason = f"{type(error).__name__}: {error}"
+        outcome = TrialOutcome("error", reason=f"{type(error).__name__}: {error}")
         print(
             f"[tune] trial {trial.number} of {spec.name} raised an unexpected error "
             f"(recorded as failed):\n{traceback.format_exc()}",
             file=sys.stderr,
             flush=True,
         )
+    for key, value in outcome.attrs.items():
+        trial.set_user_attr(key, value)
     trial.set_user_attr("duration_s", time.perf_counter() - started)
-    return finish_trial(study, trial, status, reason, value)
+    status, reason = outcome.status, outcome.reason
+    if status == "completed" and math.isnan(outcome.value):
+        status, reason = "non-finite", f"{spec.metric} is {outcome.value}"
+    return finish_trial(study, trial, status, reason, outcome.value)
 
 
 def finish_trial(
@@ -437,17 +506,17 @@ def work(
     specs: list[StudySpec],
     trials: int,
     on_trial: Callable[[], None] | None = None,
-    runner: TrialRunner | None = None,
+    objective: Objective = train_to_the_end,
 ) -> int:
     """Claim and run waiting trials of ``specs`` (in order) until none is left; returns the count.
 
     Several processes (or machines sharing a server) may run this at once on the same
     studies. A trial interrupted by a signal is recorded (its point is enqueued again
     on the next run) and then KeyboardInterrupt is raised, so callers stop too.
-    ``runner`` (default :func:`run_trial`) trains a claimed trial, tells the study and
-    returns the trial's status; experiments with another objective pass their own.
+    ``objective`` (default :func:`train_to_the_end`) gives each trial's outcome; an
+    experiment that measures something else passes its own (see :func:`run_trial`).
     """
-    runner = runner or run_trial
+    runner = functools.partial(run_trial, objective=objective)
     studies = [open_study(url, spec) for spec in specs]
     done = 0
     while True:
@@ -489,7 +558,7 @@ def run_claimed(
 def record_interrupted(study: optuna.Study, trial: optuna.Trial) -> None:
     """Record ``trial`` as interrupted unless its outcome is already stored."""
     with contextlib.suppress(Exception):
-        if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+        if stored_trial_state(study, trial) == TrialState.RUNNING:
             finish_trial(study, trial, "interrupted", "stopped by a signal")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 
-from natgrad.folders import STUDY_DATABASE, STUDY_MARKER
+from natgrad.folders import STUDY_DATABASE, folder_kind
 from natgrad.tune import analysis
 from natgrad.tune.storage import open_storage, redact, storage_url
 from natgrad.tune.study import ATTRS_KEY, StudySpec, trial_records, trial_status
@@ -22,8 +22,8 @@ DEFAULT_RESAMPLES = 1000
 
 
 def is_study_folder(folder: Path) -> bool:
-    folder = Path(folder)
-    return (folder / STUDY_MARKER).exists() or (folder / STUDY_DATABASE).exists()
+    """Whether ``folder`` holds studies of `natgrad tune` or `natgrad compare`."""
+    return folder_kind(folder) == "study"
 
 
 def study_folder_summary(
