@@ -23,7 +23,7 @@ from natgrad.optim.peers import (
 )
 from natgrad.optim.registry import BuildContext
 from natgrad.train import RunConfig, train
-from natgrad.train.harness import training_curve
+from natgrad.train.harness import CurveRun
 from natgrad.tune.spaces import load_space
 from natgrad.workloads import get_workload
 from simulated_crash import crash_then_resume, without_time
@@ -46,7 +46,7 @@ def _mean(values: list[float]) -> float:
 
 @pytest.mark.parametrize("name", PEERS)
 def test_registry_entry_trains_digits_mlp(name):
-    curve = training_curve("digits_mlp", name, {"lr": 1e-2}, batch_size=64, steps=40)
+    curve = CurveRun("digits_mlp", name, {"lr": 1e-2}, batch_size=64, steps=40).run_to_end()
     assert curve.status == "completed" and len(curve.losses) == 40
     assert _mean(curve.losses[-5:]) < 0.6 * _mean(curve.losses[:5])
 
