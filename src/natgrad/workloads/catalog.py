@@ -1,14 +1,7 @@
-"""The registered workloads. Each is model + data + likelihood + metrics + budget + target.
-
-A classifier reads integer labels and is scored by a categorical likelihood; an
-autoencoder reconstructs the flattened pixels under a Bernoulli likelihood. A new
-workload is one ``register`` call below.
-"""
+"""The registered workloads. Each is model + data + likelihood + metrics + budget + target."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 
 from torch import nn
@@ -40,150 +33,135 @@ def reconstruction_data(dataset: str, data_dir: str | None) -> WorkloadData:
     )
 
 
-@dataclass(frozen=True)
-class Task:
-    """What a workload's targets are and how its outputs are scored."""
-
-    load_data: Callable[[str, str | None], WorkloadData]
-    likelihood_name: str
-    classification: bool
-
-
-CLASSIFICATION = Task(classification_data, "categorical", classification=True)
-RECONSTRUCTION = Task(reconstruction_data, "bernoulli", classification=False)
-
-
-def register(
-    task: Task,
-    name: str,
-    description: str,
-    build_model: Callable[[], nn.Module],
-    dataset: str,
-    *,
-    batch_size: int,
-    steps: int,
-    target: dict[str, float],
-    eval_every: int,
-    weight_decay: float = 0.0,
-) -> Workload:
-    """Register the workload ``name``: ``task`` on ``dataset`` with its budget and target."""
-    return register_workload(
-        Workload(
-            name=name,
-            description=description,
-            build_model=build_model,
-            load_data=partial(task.load_data, dataset),
-            likelihood_name=task.likelihood_name,
-            classification=task.classification,
-            batch_size=batch_size,
-            steps=steps,
-            weight_decay=weight_decay,
-            target=target,
-            eval_every=eval_every,
-        )
+def classification_task(dataset: str) -> dict:
+    """The :class:`Workload` fields of a classifier of ``dataset``: integer labels as
+    targets, scored by the categorical likelihood and the error rate."""
+    return dict(
+        load_data=partial(classification_data, dataset),
+        likelihood_name="categorical",
+        classification=True,
     )
 
 
-register(
-    CLASSIFICATION,
-    "fmnist_cnn",
-    "Choi et al.'s simple CNN (conv32-pool-conv64-pool-fc1024) on Fashion-MNIST",
-    simple_cnn,
-    "fashion-mnist",
-    batch_size=256,
-    steps=3000,
-    target={"val_error": 0.10},
-    eval_every=250,
+def reconstruction_task(dataset: str) -> dict:
+    """The :class:`Workload` fields of an autoencoder of ``dataset``: the flattened pixels
+    as targets, scored by the Bernoulli likelihood."""
+    return dict(
+        load_data=partial(reconstruction_data, dataset),
+        likelihood_name="bernoulli",
+        classification=False,
+    )
+
+
+register_workload(
+    Workload(
+        name="fmnist_cnn",
+        description="Choi et al.'s simple CNN (conv32-pool-conv64-pool-fc1024) on Fashion-MNIST",
+        build_model=simple_cnn,
+        **classification_task("fashion-mnist"),
+        batch_size=256,
+        steps=3000,
+        target={"val_error": 0.10},
+        eval_every=250,
+    )
 )
-register(
-    CLASSIFICATION,
-    "fmnist_mlp",
-    "MLP 784-256-256-10 (ReLU) on Fashion-MNIST",
-    partial(mlp, [784, 256, 256, 10]),
-    "fashion-mnist",
-    batch_size=128,
-    steps=2000,
-    target={"val_error": 0.13},
-    eval_every=250,
+register_workload(
+    Workload(
+        name="fmnist_mlp",
+        description="MLP 784-256-256-10 (ReLU) on Fashion-MNIST",
+        build_model=partial(mlp, [784, 256, 256, 10]),
+        **classification_task("fashion-mnist"),
+        batch_size=128,
+        steps=2000,
+        target={"val_error": 0.13},
+        eval_every=250,
+    )
 )
-register(
-    CLASSIFICATION,
-    "fmnist_vit",
-    "Vision transformer (7x7 patches as 16 tokens, width 64, 2 pre-norm blocks "
-    "of 4-head attention, mean-pooled head) on Fashion-MNIST",
-    vision_transformer,
-    "fashion-mnist",
-    batch_size=128,
-    steps=2000,
-    target={"val_error": 0.16},
-    eval_every=100,
+register_workload(
+    Workload(
+        name="fmnist_vit",
+        description="Vision transformer (7x7 patches as 16 tokens, width 64, 2 pre-norm blocks "
+        "of 4-head attention, mean-pooled head) on Fashion-MNIST",
+        build_model=vision_transformer,
+        **classification_task("fashion-mnist"),
+        batch_size=128,
+        steps=2000,
+        target={"val_error": 0.16},
+        eval_every=100,
+    )
 )
-register(
-    RECONSTRUCTION,
-    "fmnist_autoencoder",
-    "Deep autoencoder 784-1000-500-250-30-250-500-1000-784 (tanh) on Fashion-MNIST",
-    deep_autoencoder,
-    "fashion-mnist",
-    batch_size=1000,
-    steps=1000,
-    target={"train_loss": 250.0},
-    eval_every=50,
-    weight_decay=1e-5,
+register_workload(
+    Workload(
+        name="fmnist_autoencoder",
+        description="Deep autoencoder 784-1000-500-250-30-250-500-1000-784 (tanh) on Fashion-MNIST",
+        build_model=deep_autoencoder,
+        **reconstruction_task("fashion-mnist"),
+        batch_size=1000,
+        steps=1000,
+        weight_decay=1e-5,
+        target={"train_loss": 250.0},
+        eval_every=50,
+    )
 )
-register(
-    RECONSTRUCTION,
-    "mnist_autoencoder",
-    "Deep autoencoder 784-1000-...-1000-784 (tanh) on the 5k MNIST subset",
-    deep_autoencoder,
-    "mnist-subset",
-    batch_size=500,
-    steps=500,
-    target={"train_loss": 100.0},
-    eval_every=50,
-    weight_decay=1e-5,
+register_workload(
+    Workload(
+        name="mnist_autoencoder",
+        description="Deep autoencoder 784-1000-...-1000-784 (tanh) on the 5k MNIST subset",
+        build_model=deep_autoencoder,
+        **reconstruction_task("mnist-subset"),
+        batch_size=500,
+        steps=500,
+        weight_decay=1e-5,
+        target={"train_loss": 100.0},
+        eval_every=50,
+    )
 )
-register(
-    CLASSIFICATION,
-    "digits_mlp",
-    "MLP 64-64-10 (tanh) on scikit-learn's 8x8 digits",
-    partial(mlp, [64, 64, 10], nn.Tanh),
-    "digits",
-    batch_size=64,
-    steps=300,
-    target={"val_error": 0.05},
-    eval_every=50,
+register_workload(
+    Workload(
+        name="digits_mlp",
+        description="MLP 64-64-10 (tanh) on scikit-learn's 8x8 digits",
+        build_model=partial(mlp, [64, 64, 10], nn.Tanh),
+        **classification_task("digits"),
+        batch_size=64,
+        steps=300,
+        target={"val_error": 0.05},
+        eval_every=50,
+    )
 )
-register(
-    CLASSIFICATION,
-    "digits_cnn",
-    "The simple CNN (conv32-pool-conv64-pool-fc1024) on scikit-learn's 8x8 "
-    "digits: its fc layer sees a 64 x 4 map",
-    partial(simple_cnn, image_size=8),
-    "digits",
-    batch_size=64,
-    steps=300,
-    target={"val_error": 0.05},
-    eval_every=50,
+register_workload(
+    Workload(
+        name="digits_cnn",
+        description="The simple CNN (conv32-pool-conv64-pool-fc1024) on scikit-learn's 8x8 "
+        "digits: its fc layer sees a 64 x 4 map",
+        build_model=partial(simple_cnn, image_size=8),
+        **classification_task("digits"),
+        batch_size=64,
+        steps=300,
+        target={"val_error": 0.05},
+        eval_every=50,
+    )
 )
-register(
-    CLASSIFICATION,
-    "digits_logreg",
-    "Multinomial logistic regression on scikit-learn's 8x8 digits",
-    partial(mlp, [64, 10]),
-    "digits",
-    batch_size=64,
-    steps=300,
-    target={"val_error": 0.06},
-    eval_every=50,
+register_workload(
+    Workload(
+        name="digits_logreg",
+        description="Multinomial logistic regression on scikit-learn's 8x8 digits",
+        build_model=partial(mlp, [64, 10]),
+        **classification_task("digits"),
+        batch_size=64,
+        steps=300,
+        target={"val_error": 0.06},
+        eval_every=50,
+    )
 )
-register(
-    CLASSIFICATION,
-    "mnist1d_mlp",
-    "MLP 40-100-100-10 (ReLU) on MNIST-1D generated locally",
-    partial(mlp, [40, 100, 100, 10]),
-    "mnist1d",
-    batch_size=100,
-    steps=2000,
-    target={"val_error": 0.40},
-    eval_every=200,
+register_workload(
+    Workload(
+        name="mnist1d_mlp",
+        description="MLP 40-100-100-10 (ReLU) on MNIST-1D generated locally",
+        build_model=partial(mlp, [40, 100, 100, 10]),
+        **classification_task("mnist1d"),
+        batch_size=100,
+        steps=2000,
+        target={"val_error": 0.40},
+        eval_every=200,
+    )
 )
