@@ -33,7 +33,7 @@ import torch.multiprocessing as mp
 from natgrad.curvature.likelihoods import get_likelihood
 from natgrad.optim.kfac import KFAC
 from natgrad.optim.kfac_config import preset_options
-from natgrad.precondition.inverse import symmetric_inverse
+from natgrad.precondition.factor_inverse import symmetric_inverse
 from natgrad.workloads.models import deep_autoencoder
 
 SIZES = (256, 512, 1024, 2048)

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from natgrad.optim.kfac_rules import DampingConfig
+from natgrad.optim.kfac_step_rules import DampingConfig
 from natgrad.train.harness import CurveRun
 
 BATCH_SIZES = {"fmnist_cnn": 256, "fmnist_vit": 128}

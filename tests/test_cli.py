@@ -89,7 +89,7 @@ def test_experiment_lists_and_runs_one(capsys, tmp_path) -> None:
 def test_each_experiment_parses_its_own_definition_of_a_shared_flag(
     capsys, tmp_path, monkeypatch
 ) -> None:
-    from natgrad.experiments.registry import EXPERIMENTS, Experiment, ExperimentOption
+    from natgrad.experiments.experiment import EXPERIMENTS, Experiment, ExperimentOption
 
     received = {}
 

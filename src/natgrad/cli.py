@@ -110,7 +110,7 @@ def check_dist_timeout(seconds: float) -> None:
 
 
 def train_config(args: argparse.Namespace):
-    from natgrad.optim.registry import get_optimizer_spec, parse_assignments
+    from natgrad.optim.optimizer_spec import get_optimizer_spec, parse_assignments
     from natgrad.train import RunConfig
 
     spec = get_optimizer_spec(args.optimizer)
@@ -131,7 +131,7 @@ def train_config(args: argparse.Namespace):
 def launch_ranks(args: argparse.Namespace, config) -> int:
     """Check everything a rank would refuse, then start ``--nproc`` ranks with torchrun."""
     from natgrad.distributed import launch
-    from natgrad.optim.registry import get_optimizer_spec
+    from natgrad.optim.optimizer_spec import get_optimizer_spec
     from natgrad.train.runner import check_run_folder, check_shardable
 
     resolved = config.resolved()
@@ -253,7 +253,7 @@ def run_data_list(args: argparse.Namespace) -> int:
 def add_experiment_parser(commands) -> None:
     """``natgrad experiment [NAME [options]]``: one subparser per experiment, with its own
     options (a flag two experiments share is defined by each)."""
-    from natgrad.experiments.registry import EXPERIMENTS
+    from natgrad.experiments.experiment import EXPERIMENTS
 
     parser = commands.add_parser("experiment", help="run one of the seed's experiments")
     names = parser.add_subparsers(
@@ -271,7 +271,7 @@ def add_experiment_parser(commands) -> None:
 
 
 def run_experiment(args: argparse.Namespace) -> int:
-    from natgrad.experiments.registry import EXPERIMENTS
+    from natgrad.experiments.experiment import EXPERIMENTS
 
     if args.name is None:
         for experiment in EXPERIMENTS.values():
@@ -293,7 +293,7 @@ def reject_unrecognized(parser: argparse.ArgumentParser, args, unrecognized: lis
     """argparse's error for arguments no parser took; for an experiment, one line naming
     the flags it does not take and those it does (a ValueError)."""
     if getattr(args, "command", None) == "experiment" and args.name is not None:
-        from natgrad.experiments.registry import EXPERIMENTS, chosen_options
+        from natgrad.experiments.experiment import EXPERIMENTS, chosen_options
 
         flags = [text.partition("=")[0] for text in unrecognized if text.startswith("--")]
         if flags:

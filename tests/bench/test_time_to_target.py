@@ -12,7 +12,7 @@ import torch
 from natgrad.cli import main
 from natgrad.data.locate import DatasetNotFoundError
 from natgrad.optim import OPTIMIZERS, get_optimizer_spec
-from natgrad.optim.registry import OptimizerSpec
+from natgrad.optim.optimizer_spec import OptimizerSpec
 from natgrad.workloads import get_workload
 
 

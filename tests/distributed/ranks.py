@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from natgrad.distributed import Coordinator, RankFailure, World
 from natgrad.optim.kfac import KFAC
-from natgrad.optim.kfac_rules import DampingConfig
+from natgrad.optim.kfac_step_rules import DampingConfig
 
 BATCH = 12
 STEPS = 6

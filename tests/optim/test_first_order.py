@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from natgrad.optim import SGD, Adam, Momentum, NAdam, Nesterov, RMSProp, get_optimizer_spec
-from natgrad.optim.registry import BuildContext, resolve_hyperparameters
+from natgrad.optim.optimizer_spec import BuildContext, resolve_hyperparameters
 from natgrad.optim.schedules import split_schedule_hyperparameters
 
 # ------------------------------------------------------------------ reference rules

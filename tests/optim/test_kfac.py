@@ -15,8 +15,8 @@ from kfac_settings import EXACT_GAUSSIAN, EXACT_ONE_STEP, kfac_with_fallback
 from natgrad.curvature.dense import dense_fisher, flatten_params
 from natgrad.curvature.likelihoods import Gaussian
 from natgrad.optim.kfac import KFAC, DampingConfig
-from natgrad.optim.registry import BuildContext, get_optimizer_spec, resolve_hyperparameters
-from natgrad.optim.step_rules import levenberg_marquardt_damping
+from natgrad.optim.kfac_step_equations import levenberg_marquardt_damping
+from natgrad.optim.optimizer_spec import BuildContext, get_optimizer_spec, resolve_hyperparameters
 
 
 def _regression(seed: int = 0, n: int = 24):

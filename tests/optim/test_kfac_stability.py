@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from natgrad.optim.kfac import KFAC
-from natgrad.optim.kfac_rules import (
+from natgrad.optim.kfac_step_rules import (
     DampingConfig,
     LevenbergMarquardtRule,
     curvature_scale,

@@ -16,7 +16,7 @@ from natgrad.optim.natural_gradient import (
     conjugate_gradient,
     solve_damped_dense,
 )
-from natgrad.optim.registry import BuildContext, get_optimizer_spec, resolve_hyperparameters
+from natgrad.optim.optimizer_spec import BuildContext, get_optimizer_spec, resolve_hyperparameters
 
 
 def tanh_mlp(seed: int = 0) -> nn.Module:

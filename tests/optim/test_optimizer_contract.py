@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import natgrad  # noqa: F401  (registers every optimizer)
-from natgrad.optim.registry import OPTIMIZERS, BuildContext, resolve_hyperparameters
+from natgrad.optim.optimizer_spec import OPTIMIZERS, BuildContext, resolve_hyperparameters
 from natgrad.optim.schedules import SCHEDULE_HYPERPARAMETERS
 
 NAMES = sorted(OPTIMIZERS)

@@ -15,13 +15,13 @@ from torch import nn
 
 from natgrad.cli import main
 from natgrad.optim import get_optimizer_spec
+from natgrad.optim.optimizer_spec import BuildContext
 from natgrad.optim.peers import (
     MissingPeerPackage,
     MuonAdamW,
     heavyball_available,
     hidden_layer_matrices,
 )
-from natgrad.optim.registry import BuildContext
 from natgrad.train import RunConfig, train
 from natgrad.train.harness import CurveRun
 from natgrad.tune.spaces import load_space

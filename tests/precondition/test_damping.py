@@ -12,7 +12,7 @@ from torch import nn
 from kfac_settings import EXACT_ONE_STEP
 from natgrad.optim.kfac import KFAC
 from natgrad.precondition.damping import damping_gamma, factored_pi
-from natgrad.precondition.inverse import decompose, precondition, symmetric_inverse
+from natgrad.precondition.factor_inverse import decompose, precondition, symmetric_inverse
 
 
 def _spd(size: int, seed: int) -> torch.Tensor:

@@ -134,7 +134,7 @@ def test_a_checkpoint_of_another_approximation_is_refused_by_name():
 
 @pytest.mark.parametrize("name", ["ekfac", "kfac_eigen_adam"])
 def test_presets_build_the_kind_and_are_registered_optimizers(name):
-    from natgrad.optim.registry import OPTIMIZERS
+    from natgrad.optim.optimizer_spec import OPTIMIZERS
 
     model, closure = _model_and_closure()
     opt = KFAC.from_preset(name, model)

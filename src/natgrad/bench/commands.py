@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from natgrad.bench.registry import load_benchmarks
+from natgrad.bench.benchmark import load_benchmarks
 
 
 def add_bench_parser(commands) -> None:

@@ -23,7 +23,7 @@ from natgrad.bench.arguments import (
     non_negative_int,
     positive_int,
 )
-from natgrad.bench.registry import Benchmark, register_benchmark
+from natgrad.bench.benchmark import Benchmark, register_benchmark
 from natgrad.bench.timing import alternating_times, check_device, default_device, summary
 from natgrad.precondition.doubly_factored import DoublyFactoredPreconditioner
 from natgrad.precondition.kronecker import KroneckerPreconditioner

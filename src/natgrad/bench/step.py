@@ -47,12 +47,12 @@ import torch
 from torch import Tensor, nn
 
 from natgrad.bench.arguments import non_negative_int, positive_int
-from natgrad.bench.registry import Benchmark, register_benchmark
+from natgrad.bench.benchmark import Benchmark, register_benchmark
 from natgrad.bench.timing import check_device, default_device, peak_rss_mib, summary, timed
 from natgrad.curvature.likelihoods import get_likelihood
 from natgrad.optim.first_order import Momentum
 from natgrad.optim.kfac import KFAC
-from natgrad.optim.registry import (
+from natgrad.optim.optimizer_spec import (
     BuildContext,
     HyperValue,
     get_optimizer_spec,

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from natgrad.bench.registry import Benchmark, register_benchmark
+from natgrad.bench.benchmark import Benchmark, register_benchmark
 from natgrad.bench.timing import check_device, default_device
 from natgrad.jsonio import write_json
 from natgrad.optim import OPTIMIZERS, get_optimizer_spec

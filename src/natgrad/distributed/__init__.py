@@ -5,7 +5,7 @@ average gradients and factors over ranks, to refresh inverses on the rank each
 layer is assigned to (or on a background thread, with bounded staleness) and to
 precondition; :mod:`~natgrad.distributed.comms` moves the tensors,
 :mod:`~natgrad.distributed.assignment` decides the owners, and
-:mod:`~natgrad.distributed.inverter` decides when refreshed inverses are swapped in.
+:mod:`~natgrad.distributed.refresh_schedule` decides when refreshed inverses are swapped in.
 """
 
 from natgrad.distributed.comms import RankFailure

@@ -41,7 +41,7 @@ from natgrad.distributed.comms import (
     symmetric_from_upper,
     upper_triangle,
 )
-from natgrad.distributed.inverter import Decompositions, Inverter, decompose_all
+from natgrad.distributed.refresh_schedule import Decompositions, RefreshSchedule, decompose_all
 
 PRECONDITION_MODES = ("broadcast", "gather")
 ROLES = ("both", "gradients", "statistics")
@@ -99,7 +99,7 @@ class Coordinator:
         self.world = world if world is not None else World.from_process_group()
         self.mode = precondition
         self.role = role
-        self.inverter = Inverter(staleness)
+        self.refresh_schedule = RefreshSchedule(staleness)
         self.bucket_bytes = bucket_bytes
         self.calls = 0
         self.examples = 1
@@ -226,11 +226,13 @@ class Coordinator:
         ]
         first = [i for i in due if not preconditioners[i].ready]
         later = [i for i in due if preconditioners[i].ready]
-        self.inverter.submit(step, {i: preconditioners[i] for i in later if i in mine}, gamma)
+        self.refresh_schedule.submit(
+            step, {i: preconditioners[i] for i in later if i in mine}, gamma
+        )
         if later:  # who computes them is fixed now, even if the assignment changes later
             senders = {i: owners[i] for i in later}
-            self._scheduled.append((self.inverter.install_step(step), senders))
-        results = self.inverter.due(step)
+            self._scheduled.append((self.refresh_schedule.install_step(step), senders))
+        results = self.refresh_schedule.due(step)
         results.update(decompose_all({i: preconditioners[i] for i in first if i in mine}, gamma))
         installing = {i: owners[i] for i in first}
         while self._scheduled and self._scheduled[0][0] <= step:
@@ -315,7 +317,7 @@ class Coordinator:
 
     def close(self) -> None:
         """Stop the background inverter (pending refreshes are dropped)."""
-        self.inverter.close()
+        self.refresh_schedule.close()
 
 
 def _device_of(preconditioner) -> torch.device:

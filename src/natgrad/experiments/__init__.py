@@ -11,7 +11,7 @@ from natgrad.experiments import (
     nqm,  # noqa: E402, F401
     plateau,  # noqa: E402, F401
 )
-from natgrad.experiments.registry import (
+from natgrad.experiments.experiment import (
     EXPERIMENTS,
     Experiment,
     get_experiment,

@@ -34,7 +34,7 @@ import numpy as np
 import optuna
 import torch
 
-from natgrad.experiments.registry import (
+from natgrad.experiments.experiment import (
     PRESET_OPTION,
     Experiment,
     ExperimentOption,

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from natgrad.experiments.registry import (
+from natgrad.experiments.experiment import (
     Experiment,
     register_experiment,
     single_thread,

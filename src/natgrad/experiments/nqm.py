@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from natgrad.experiments.registry import (
+from natgrad.experiments.experiment import (
     PRESET_OPTION,
     Experiment,
     register_experiment,

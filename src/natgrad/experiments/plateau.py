@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from natgrad.experiments.registry import (
+from natgrad.experiments.experiment import (
     Experiment,
     register_experiment,
     single_thread,

@@ -4,8 +4,8 @@ from natgrad.optim import catalog  # noqa: F401  (registers every optimizer)
 from natgrad.optim.first_order import SGD, Adam, Momentum, NAdam, Nesterov, RMSProp
 from natgrad.optim.kfac import KFAC
 from natgrad.optim.natural_gradient import NaturalGradient
+from natgrad.optim.optimizer_spec import OPTIMIZERS, get_optimizer_spec, register_optimizer
 from natgrad.optim.peers import MuonAdamW
-from natgrad.optim.registry import OPTIMIZERS, get_optimizer_spec, register_optimizer
 from natgrad.optim.schedules import (
     SCHEDULE_HYPERPARAMETERS,
     build_schedule,

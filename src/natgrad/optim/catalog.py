@@ -21,20 +21,20 @@ from natgrad.optim.kfac import KFAC
 from natgrad.optim.kfac_config import OPTION_HELP, PLAIN_DEFAULTS
 from natgrad.optim.kfac_config import PRESETS as KFAC_PRESETS
 from natgrad.optim.natural_gradient import DENSE_AUTO_LIMIT, NaturalGradient
-from natgrad.optim.peers import (
-    MuonAdamW,
-    build_adamw,
-    build_muon,
-    heavyball_factory,
-    heavyball_unavailable,
-)
-from natgrad.optim.registry import (
+from natgrad.optim.optimizer_spec import (
     BuildContext,
     Hyperparameter,
     HyperValue,
     OptimizerFactory,
     OptimizerSpec,
     register_optimizer,
+)
+from natgrad.optim.peers import (
+    MuonAdamW,
+    build_adamw,
+    build_muon,
+    heavyball_factory,
+    heavyball_unavailable,
 )
 from natgrad.optim.schedules import SCHEDULE_HYPERPARAMETERS
 

@@ -10,7 +10,7 @@ The thin front that composes the parts along the data flow of one step:
    (eps_k = min(1 - 1/k, stat_decay)), refreshes its damped decomposition when due
    (gamma = sqrt(lambda + eta), trace-norm pi) and gives the proposal
    Delta = (G + gamma/pi I)^{-1} V (A + pi gamma I)^{-1};
-3. ``natgrad.optim.kfac_rules``: the update, fixed lr and momentum (optionally KL
+3. ``natgrad.optim.kfac_step_rules``: the update, fixed lr and momentum (optionally KL
    clipped) or alpha and mu from the quadratic model, then every T1 steps, optionally,
    the Levenberg-Marquardt damping rule on h = L + eta/2 ||theta||^2.
 
@@ -59,7 +59,7 @@ from natgrad.optim.kfac_config import (
     doubly_factored_pays,
     preset_options,
 )
-from natgrad.optim.kfac_rules import (
+from natgrad.optim.kfac_step_rules import (
     DampingConfig,
     FixedStepRule,
     LevenbergMarquardtRule,

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from natgrad.curvature.capture import SHARING_MODES
 from natgrad.curvature.kronecker import FISHER_KINDS
-from natgrad.precondition.inverse import INVERSE_METHODS
+from natgrad.precondition.factor_inverse import INVERSE_METHODS
 from natgrad.precondition.kinds import approximation_names, check_approximation
 
 # The plain algorithm (Martens & Grosse 2015 without its refinements); lr has no default.

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from natgrad.optim.registry import (
+from natgrad.optim.optimizer_spec import (
     BuildContext,
 )
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from natgrad.optim.registry import Hyperparameter
+from natgrad.optim.optimizer_spec import Hyperparameter
 
 SCHEDULE_NAMES: tuple[str, ...] = ("constant", "linear", "cosine")
 

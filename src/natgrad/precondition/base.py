@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from natgrad.precondition.inverse import check_inverse_method
+from natgrad.precondition.factor_inverse import check_inverse_method
 
 DECOMPOSITION_PREFIX = "inverse."
 _READY = DECOMPOSITION_PREFIX + "ready"

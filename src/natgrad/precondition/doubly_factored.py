@@ -28,7 +28,7 @@ from torch import Tensor
 from natgrad.curvature.doubly_factored import DoublyFactoredFactors
 from natgrad.precondition.base import LayerPreconditionerBase, eigen_matrix
 from natgrad.precondition.damping import add_to_diagonal
-from natgrad.precondition.inverse import damped_inverse, symmetric_eigen, symmetric_inverse
+from natgrad.precondition.factor_inverse import damped_inverse, symmetric_eigen, symmetric_inverse
 
 FACTOR_NAMES = ("K", "Psi", "G")
 _TINY_TRACE = 1e-12

@@ -17,7 +17,7 @@ from torch import Tensor
 from natgrad.curvature.kronecker import KroneckerFactors
 from natgrad.precondition.base import DECOMPOSITION_PREFIX, LayerPreconditionerBase, eigen_matrix
 from natgrad.precondition.damping import trace_norm_pi
-from natgrad.precondition.inverse import decompose, precondition
+from natgrad.precondition.factor_inverse import decompose, precondition
 
 
 class KroneckerPreconditioner(LayerPreconditionerBase):

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from natgrad.optim.registry import get_optimizer_spec, resolve_hyperparameters
+from natgrad.optim.optimizer_spec import get_optimizer_spec, resolve_hyperparameters
 from natgrad.workloads import get_workload
 
 

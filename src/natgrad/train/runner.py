@@ -32,7 +32,7 @@ from natgrad.distributed.launch import rank_device
 from natgrad.folders import folder_kind
 from natgrad.jsonio import dumps as json_dumps
 from natgrad.jsonio import write_json, write_text_atomically
-from natgrad.optim.registry import OptimizerSpec, get_optimizer_spec
+from natgrad.optim.optimizer_spec import OptimizerSpec, get_optimizer_spec
 from natgrad.train.checkpoint import (
     CheckpointError,
     CheckpointWriteError,

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from natgrad.distributed.comms import mean_over_ranks
 from natgrad.distributed.coordinator import World
-from natgrad.optim.registry import BuildContext, OptimizerSpec, get_optimizer_spec
+from natgrad.optim.optimizer_spec import BuildContext, OptimizerSpec, get_optimizer_spec
 from natgrad.optim.schedules import build_schedule, split_schedule_hyperparameters
 from natgrad.workloads import Workload, WorkloadData, get_workload
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from natgrad.optim import get_optimizer_spec
-from natgrad.optim.registry import HyperValue
+from natgrad.optim.optimizer_spec import HyperValue
 
 SCALES: tuple[str, ...] = ("log", "linear", "log1m")
 SPACE_NAMES: tuple[str, ...] = ("restricted", "full")

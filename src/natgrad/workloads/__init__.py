@@ -1,7 +1,7 @@
 """Workloads: model + data + likelihood + metrics + default budget + target, one registry."""
 
 from natgrad.workloads import catalog as _catalog  # noqa: F401  (registers the workloads)
-from natgrad.workloads.registry import (
+from natgrad.workloads.workload import (
     WORKLOADS,
     Split,
     Workload,

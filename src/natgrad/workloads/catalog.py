@@ -8,7 +8,7 @@ from torch import nn
 
 from natgrad.data import load_splits
 from natgrad.workloads.models import deep_autoencoder, mlp, simple_cnn, vision_transformer
-from natgrad.workloads.registry import Split, Workload, WorkloadData, register_workload
+from natgrad.workloads.workload import Split, Workload, WorkloadData, register_workload
 
 
 def classification_data(dataset: str, data_dir: str | None) -> WorkloadData:

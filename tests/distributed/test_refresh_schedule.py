@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from natgrad.distributed import Coordinator, World
-from natgrad.distributed.inverter import Inverter
+from natgrad.distributed.refresh_schedule import RefreshSchedule
 from natgrad.optim.kfac import KFAC
 from natgrad.precondition.damping import damping_gamma
-from natgrad.precondition.inverse import decompose
+from natgrad.precondition.factor_inverse import decompose
 
 
 def _setup(coordinator: Coordinator | None, **options):
@@ -39,7 +39,7 @@ def test_staleness_zero_is_bit_for_bit_synchronous(fisher, inverse):
         results.append(([p.detach().clone() for p in model.parameters()], losses))
         opt.coordinator.close()
     (sync_params, sync_losses), (async_params, async_losses) = results
-    assert opt.coordinator.inverter.background
+    assert opt.coordinator.refresh_schedule.background
     for mine, theirs in zip(async_params, sync_params, strict=True):
         assert torch.equal(mine, theirs)
     assert all(torch.equal(a, b) for a, b in zip(async_losses, sync_losses, strict=True))
@@ -73,4 +73,4 @@ def test_stale_inverses_still_train():
 @pytest.mark.parametrize("staleness", [-1, 1.5, True])
 def test_bad_staleness_is_rejected_with_its_value(staleness):
     with pytest.raises(ValueError, match="staleness must be None or an integer >= 0"):
-        Inverter(staleness)
+        RefreshSchedule(staleness)

@@ -49,7 +49,7 @@ class _Request:
     result: Future
 
 
-class Inverter:
+class RefreshSchedule:
     """Decompositions computed now (``staleness=None``) or on a background thread.
 
     ``submit(step, jobs, gamma)`` starts the work requested at ``step``;
@@ -112,4 +112,4 @@ class Inverter:
         return self._executor
 
 
-__all__ = ["Inverter", "snapshot", "decompose_all", "Decompositions"]
+__all__ = ["RefreshSchedule", "snapshot", "decompose_all", "Decompositions"]

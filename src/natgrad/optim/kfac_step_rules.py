@@ -4,7 +4,7 @@ Levenberg-Marquardt damping (Martens & Grosse 2015, s.6-7; Ba et al. 2017, s.5).
 Each works on per-layer matrices (lists with None for layers without an update) and
 keeps no parameters of its own: the K-FAC front holds the per-layer state (velocities,
 previous updates) in the optimizer state so that checkpoints carry it. The scalar
-equations are in :mod:`natgrad.optim.step_rules`.
+equations are in :mod:`natgrad.optim.kfac_step_equations`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from natgrad.optim.quadratic_model import LayerMatrices, QuadraticModel, layer_dot
-from natgrad.optim.step_rules import (
+from natgrad.optim.kfac_step_equations import (
     LM_INTERVAL,
     kl_clip_scale,
     levenberg_marquardt_damping,
@@ -25,6 +24,7 @@ from natgrad.optim.step_rules import (
     quadratic_model_value,
     reduction_ratio,
 )
+from natgrad.optim.quadratic_model import LayerMatrices, QuadraticModel, layer_dot
 
 Flatten = Callable[[LayerMatrices], list[Tensor]]
 
