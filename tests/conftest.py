@@ -7,6 +7,8 @@ oversubscription when the machine is busy (subprocesses inherit OMP_NUM_THREADS)
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
+from typing import TypeVar
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
@@ -15,6 +17,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+T = TypeVar("T")
 
 
 def apt_install(package: str) -> str:
@@ -30,7 +34,19 @@ def apt_install(package: str) -> str:
     return (result.stdout + result.stderr)[-500:]
 
 
+def find_or_install(find: Callable[[], T | None], package: str, what: str) -> T:
+    """What ``find()`` finds, after ``apt-get install package`` where it found nothing;
+    the test is skipped, saying why, when ``what`` still cannot be found."""
+    found = find()
+    if found is None:
+        log = apt_install(package)
+        found = find()
+        if found is None:
+            pytest.skip(f"{what} is not installed and apt-get could not install it: {log}")
+    return found
+
+
 @pytest.fixture(scope="session")
-def install_debian_package():
-    """``apt-get install`` a package the tests need (PostgreSQL, Chromium) when missing."""
-    return apt_install
+def find_or_install_debian_package():
+    """:func:`find_or_install` for a program the tests need (PostgreSQL, Chromium)."""
+    return find_or_install

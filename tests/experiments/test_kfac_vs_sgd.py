@@ -14,7 +14,6 @@ from natgrad.experiments.kfac_vs_sgd import (
     per_step_gains,
     reachable_target,
     run_interleaved,
-    training_curve,
 )
 from natgrad.train import RunConfig, train
 from strict_json import load_file
@@ -79,7 +78,7 @@ def test_curve_run_matches_the_training_runner():
         evaluate_test=False,
     )
     reference = [record["train_loss"] for record in train(config).history[1:]]
-    ours = training_curve("mnist_autoencoder", "momentum", hparams, batch_size=50, steps=3)
+    ours = CurveRun("mnist_autoencoder", "momentum", hparams, batch_size=50, steps=3).run_to_end()
     assert ours.losses == pytest.approx(reference, rel=1e-6)
     assert len(ours.wall_times) == 3 and ours.wall_times == sorted(ours.wall_times)
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from kfac_settings import EXACT_GAUSSIAN, EXACT_ONE_STEP, kfac_with_fallback
 from natgrad.curvature.dense import dense_fisher, flatten_params
 from natgrad.curvature.likelihoods import Gaussian
 from natgrad.optim.kfac import KFAC, DampingConfig
@@ -45,15 +46,7 @@ def test_one_step_on_linear_least_squares_lands_on_the_solution():
     model = nn.Linear(4, 3)
     inputs = torch.randn(50, 4)
     targets = inputs @ torch.randn(4, 3) + 0.3 * torch.randn(50, 3) + 1.0
-    opt = KFAC(
-        model,
-        lr=1.0,
-        damping=1e-9,
-        likelihood="gaussian",
-        fisher="exact",
-        stat_decay=0.0,
-        inv_every=1,
-    )
+    opt = KFAC(model, damping=1e-9, **EXACT_ONE_STEP)
     opt.step(_closure(opt, model, inputs, targets))
     design = torch.cat([inputs, torch.ones(50, 1)], dim=1).double()
     solution = torch.linalg.lstsq(design, targets.double()).solution  # (5, 3)
@@ -117,14 +110,7 @@ def test_quadratic_model_alpha_mu_match_dense_two_by_two_solve(model_fraction):
     model, inputs, targets = _regression(2)
     count = math.ceil(model_fraction * inputs.shape[0])
     damping, weight_decay = 0.1, 0.01
-    kwargs = dict(
-        damping=damping,
-        weight_decay=weight_decay,
-        likelihood="gaussian",
-        fisher="exact",
-        stat_decay=0.0,
-        inv_every=1,
-    )
+    kwargs = dict(damping=damping, weight_decay=weight_decay, **EXACT_GAUSSIAN)
     opt = KFAC(
         model,
         lr=1.0,
@@ -186,21 +172,19 @@ def _resume_setup(seed: int = 4):
     data = torch.Generator().manual_seed(0)  # the same batch whatever the model's seed
     inputs = torch.randn(32, 4, generator=data)
     labels = torch.randint(0, 3, (32,), generator=data)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        opt = KFAC(
-            model,
-            lr=0.05,
-            momentum=0.9,
-            damping=0.1,
-            weight_decay=1e-3,
-            likelihood="categorical",
-            fisher="mc",
-            stat_fraction=0.5,
-            inv_every=2,
-            adapt_damping=True,
-            damping_config=DampingConfig(interval=2),
-        )
+    opt = kfac_with_fallback(
+        model,
+        lr=0.05,
+        momentum=0.9,
+        damping=0.1,
+        weight_decay=1e-3,
+        likelihood="categorical",
+        fisher="mc",
+        stat_fraction=0.5,
+        inv_every=2,
+        adapt_damping=True,
+        damping_config=DampingConfig(interval=2),
+    )
 
     def closure():
         outputs = model(inputs)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import natgrad
+from kfac_settings import EXACT_ONE_STEP
 from natgrad.precondition.doubly_factored import DoublyFactoredPreconditioner
 from natgrad.precondition.kronecker import KroneckerPreconditioner
 
@@ -49,15 +50,9 @@ def test_on_rank_one_inputs_the_doubly_factored_step_is_the_exact_natural_gradie
         torch.manual_seed(1)
         model = nn.Sequential(nn.Flatten(), nn.Linear(channels * locations, out, bias=False))
         if name in ("doubly", "full"):
+            doubly_factored = ["1"] if name == "doubly" else "off"
             optimizer = natgrad.KFAC(
-                model,
-                lr=1.0,
-                damping=0.0,
-                likelihood="gaussian",
-                fisher="exact",
-                stat_decay=0.0,
-                inv_every=1,
-                doubly_factored=["1"] if name == "doubly" else "off",
+                model, damping=0.0, doubly_factored=doubly_factored, **EXACT_ONE_STEP
             )
         else:
             optimizer = natgrad.NaturalGradient(
@@ -78,16 +73,7 @@ def test_on_general_inputs_it_differs_from_full_kfac():
     for choice in ("off", ["1"]):
         torch.manual_seed(1)
         model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
-        optimizer = natgrad.KFAC(
-            model,
-            lr=1.0,
-            damping=1e-3,
-            likelihood="gaussian",
-            fisher="exact",
-            stat_decay=0.0,
-            inv_every=1,
-            doubly_factored=choice,
-        )
+        optimizer = natgrad.KFAC(model, damping=1e-3, doubly_factored=choice, **EXACT_ONE_STEP)
         results.append(_step(optimizer, model, x, y))
     assert not torch.allclose(results[0][0], results[1][0], rtol=1e-2)
 

@@ -8,7 +8,6 @@ heavyball, choosing SOAP or Shampoo is one line saying how to install it.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,10 +23,10 @@ from natgrad.optim.peers import (
     hidden_layer_matrices,
 )
 from natgrad.train import RunConfig, train
-from natgrad.train import runner as runner_module
-from natgrad.train.harness import training_curve
+from natgrad.train.harness import CurveRun
 from natgrad.tune.spaces import load_space
 from natgrad.workloads import get_workload
+from simulated_crash import crash_then_resume, without_time
 
 NEEDS_HEAVYBALL = pytest.mark.skipif(
     not heavyball_available(),
@@ -47,24 +46,9 @@ def _mean(values: list[float]) -> float:
 
 @pytest.mark.parametrize("name", PEERS)
 def test_registry_entry_trains_digits_mlp(name):
-    curve = training_curve("digits_mlp", name, {"lr": 1e-2}, batch_size=64, steps=40)
+    curve = CurveRun("digits_mlp", name, {"lr": 1e-2}, batch_size=64, steps=40).run_to_end()
     assert curve.status == "completed" and len(curve.losses) == 40
     assert _mean(curve.losses[-5:]) < 0.6 * _mean(curve.losses[:5])
-
-
-def _crash_then_resume(config: RunConfig, folder: Path, monkeypatch, at_step: int):
-    original_advance = runner_module.Run._advance
-
-    def crash(self):
-        if self.state.step == at_step:
-            raise SystemExit("simulated kill")
-        return original_advance(self)
-
-    monkeypatch.setattr(runner_module.Run, "_advance", crash)
-    with pytest.raises(SystemExit):
-        train(config, folder)
-    monkeypatch.setattr(runner_module.Run, "_advance", original_advance)
-    return train(config, folder, resume=True)
 
 
 @pytest.mark.parametrize("name", PEERS)
@@ -80,12 +64,9 @@ def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, name):
         hyperparameters={"schedule": "linear", "final_lr_fraction": 0.1},
     )
     reference = train(config, tmp_path / "reference")
-    resumed = _crash_then_resume(config, tmp_path / "crashed", monkeypatch, at_step=7)
+    resumed = crash_then_resume(config, tmp_path / "crashed", monkeypatch, at_step=7)
     assert resumed.status == "completed"
-    drop = {"wall_time"}
-    assert {k: v for k, v in resumed.final.items() if k not in drop} == {
-        k: v for k, v in reference.final.items() if k not in drop
-    }
+    assert without_time(resumed.final) == without_time(reference.final)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from kfac_settings import EXACT_ONE_STEP
 from natgrad.optim.kfac import KFAC
 from natgrad.precondition.damping import damping_gamma, factored_pi
 from natgrad.precondition.factor_inverse import decompose, precondition, symmetric_inverse
@@ -72,16 +73,7 @@ def test_kfac_step_equals_dense_pi_damped_update():
     inputs, targets = torch.randn(10, 3), torch.randn(10, 2)
     damping, weight_decay = 0.05, 0.02
     reference = copy.deepcopy(model).double()
-    opt = KFAC(
-        model,
-        lr=1.0,
-        damping=damping,
-        weight_decay=weight_decay,
-        likelihood="gaussian",
-        fisher="exact",
-        stat_decay=0.0,
-        inv_every=1,
-    )
+    opt = KFAC(model, damping=damping, weight_decay=weight_decay, **EXACT_ONE_STEP)
 
     def closure():
         outputs = model(inputs)

@@ -15,12 +15,6 @@ def find_chromium() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def chromium(install_debian_package) -> str:
+def chromium(find_or_install_debian_package) -> str:
     """Path of a headless-capable Chromium; skips only when it cannot be installed."""
-    path = find_chromium()
-    if path is None:
-        log = install_debian_package("chromium")
-        path = find_chromium()
-        if path is None:
-            pytest.skip(f"Chromium is not installed and apt-get could not install it: {log}")
-    return path
+    return find_or_install_debian_package(find_chromium, "chromium", "Chromium")

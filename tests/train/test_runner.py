@@ -14,49 +14,17 @@ import torch
 
 from natgrad.cli import main
 from natgrad.train import RunConfig, RunFolderError, train
-from natgrad.train import runner as runner_module
 from natgrad.train.checkpoint import load_checkpoint
+from simulated_crash import crash_then_resume, without_time
 from strict_json import load_file
 
-
-def without_time(final: dict) -> dict:
-    return {k: v for k, v in final.items() if k != "wall_time"}
-
-
-def crash_then_resume(config: RunConfig, folder: Path, monkeypatch, at_step: int):
-    """Run until ``at_step``, die there as if killed (no clean-up), then resume to the end."""
-    original_advance = runner_module.Run._advance
-
-    def crash(self):
-        if self.state.step == at_step:
-            raise SystemExit("simulated kill")
-        return original_advance(self)
-
-    monkeypatch.setattr(runner_module.Run, "_advance", crash)
-    with pytest.raises(SystemExit):
-        train(config, folder)
-    monkeypatch.setattr(runner_module.Run, "_advance", original_advance)
-    return train(config, folder, resume=True)
+TRAIN_SGD = ["train", "--workload", "digits_logreg", "--optimizer", "sgd"]
 
 
 def test_train_writes_the_run_folder(tmp_path: Path) -> None:
     out = tmp_path / "run"
     code = main(
-        [
-            "train",
-            "--workload",
-            "digits_logreg",
-            "--optimizer",
-            "sgd",
-            "--steps",
-            "20",
-            "--eval-every",
-            "10",
-            "--set",
-            "lr=0.1",
-            "--out",
-            str(out),
-        ]
+        [*TRAIN_SGD, "--steps", "20", "--eval-every", "10", "--set", "lr=0.1", "--out", str(out)]
     )
     assert code == 0
     config = json.loads((out / "config.json").read_text())
@@ -167,19 +135,7 @@ def test_existing_folder_is_left_alone(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    code = main(
-        [
-            "train",
-            "--workload",
-            "digits_logreg",
-            "--optimizer",
-            "sgd",
-            "--steps",
-            "5",
-            "--out",
-            str(out),
-        ]
-    )
+    code = main([*TRAIN_SGD, "--steps", "5", "--out", str(out)])
     assert code == 2
     assert "--resume" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]

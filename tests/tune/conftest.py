@@ -37,14 +37,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(install_debian_package):
+def postgres_url(find_or_install_debian_package):
     """SQLAlchemy URL of a fresh PostgreSQL server on 127.0.0.1 (stopped after the session)."""
-    folder = postgres_bin_dir()
-    if folder is None:
-        log = install_debian_package("postgresql")
-        folder = postgres_bin_dir()
-        if folder is None:
-            pytest.skip(f"PostgreSQL is not installed and apt-get could not install it: {log}")
+    folder = find_or_install_debian_package(postgres_bin_dir, "postgresql", "PostgreSQL")
     root = Path(tempfile.mkdtemp(prefix="natgrad-pg-"))
     prefix: list[str] = []
     if os.geteuid() == 0:

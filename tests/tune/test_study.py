@@ -8,6 +8,7 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+from tune_cli import TUNE_SGD, tune_args
 
 from natgrad import cli
 from natgrad.train import RunResult
@@ -79,24 +80,11 @@ def all_point_indices(url, name):
 
 
 def test_tune_resumes_and_extends_without_losing_or_repeating_trials(tmp_path, capsys):
-    args = [
-        "tune",
-        "--workload",
-        "digits_logreg",
-        "--optimizer",
-        "sgd",
-        "--space",
-        "restricted",
-        "--steps",
-        "5",
-        "--out",
-        str(tmp_path),
-    ]
-    assert cli.main([*args, "--trials", "3"]) == 0
+    assert cli.main(tune_args(tmp_path, trials=3, steps=5)) == 0
     url = storage_url(tmp_path, None)
     first = {t.number: t.value for t in optuna.load_study(study_name=SPEC.name, storage=url).trials}
-    assert cli.main([*args, "--trials", "3"]) == 0
-    assert cli.main([*args, "--trials", "5"]) == 0
+    assert cli.main(tune_args(tmp_path, trials=3, steps=5)) == 0
+    assert cli.main(tune_args(tmp_path, trials=5, steps=5)) == 0
     study = optuna.load_study(study_name=SPEC.name, storage=url)
     assert sorted(all_point_indices(url, SPEC.name)) == [0, 1, 2, 3, 4]
     assert {t.number: t.value for t in study.trials if t.number in first} == first
@@ -192,22 +180,7 @@ def digest(path):
 
 @pytest.fixture
 def existing_study(tmp_path):
-    args = [
-        "tune",
-        "--workload",
-        "digits_logreg",
-        "--optimizer",
-        "sgd",
-        "--space",
-        "restricted",
-        "--steps",
-        "5",
-        "--trials",
-        "2",
-        "--out",
-        str(tmp_path),
-    ]
-    assert cli.main(args) == 0
+    assert cli.main(tune_args(tmp_path, trials=2, steps=5)) == 0
     return tmp_path
 
 
@@ -231,19 +204,7 @@ BAD_INPUTS = {
         "holds studies of workload 'digits_logreg', not 'digits_mlp'",
     ),
     "other steps": (
-        [
-            "tune",
-            "--workload",
-            "digits_logreg",
-            "--optimizer",
-            "sgd",
-            "--space",
-            "restricted",
-            "--trials",
-            "2",
-            "--steps",
-            "7",
-        ],
+        [*TUNE_SGD, "--trials", "2", "--steps", "7"],
         "was made with other settings (steps: stored 5, asked 7)",
     ),
     "unreachable server": (

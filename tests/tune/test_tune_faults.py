@@ -13,32 +13,13 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from tune_cli import tune_args
 
 from natgrad import cli
 from natgrad.tune.owner import owner_is_gone
 from natgrad.tune.storage import open_storage, storage_url
 
 STUDY = "digits_logreg-sgd-restricted"
-
-
-def tune_args(out: Path, trials: int, steps: int, workers: int = 1) -> list[str]:
-    return [
-        "tune",
-        "--workload",
-        "digits_logreg",
-        "--optimizer",
-        "sgd",
-        "--space",
-        "restricted",
-        "--trials",
-        str(trials),
-        "--steps",
-        str(steps),
-        "--workers",
-        str(workers),
-        "--out",
-        str(out),
-    ]
 
 
 def start(args: list[str]) -> subprocess.Popen:

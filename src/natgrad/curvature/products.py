@@ -30,6 +30,9 @@ from natgrad.curvature.output_space import (
     match_targets,
 )
 
+ParameterVector = list[Tensor] | tuple[Tensor, ...]
+"""A vector in parameter space: one tensor per trainable parameter, shaped like it."""
+
 
 def _outputs_function(model: nn.Module, inputs: ModelInputs) -> Callable[[dict], Tensor]:
     args = inputs if isinstance(inputs, tuple) else (inputs,)
@@ -40,7 +43,7 @@ def _outputs_function(model: nn.Module, inputs: ModelInputs) -> Callable[[dict],
     return outputs_of
 
 
-def _as_param_dict(vector: list[Tensor] | tuple[Tensor, ...], params: dict) -> dict:
+def _as_param_dict(vector: ParameterVector, params: dict) -> dict:
     if len(vector) != len(params):
         raise ValueError(f"vector has {len(vector)} tensors; the model has {len(params)}")
     for (name, p), v in zip(params.items(), vector, strict=True):
@@ -49,16 +52,30 @@ def _as_param_dict(vector: list[Tensor] | tuple[Tensor, ...], params: dict) -> d
     return dict(zip(params, vector, strict=True))
 
 
+def _linearization_point(
+    model: nn.Module, inputs: ModelInputs, vector: ParameterVector
+) -> tuple[dict[str, Tensor], dict[str, Tensor], Callable[[dict], Tensor]]:
+    """theta (by name), ``vector`` as tangents named like it, and theta -> f(X; theta)."""
+    params = parameter_dict(model)
+    return params, _as_param_dict(vector, params), _outputs_function(model, inputs)
+
+
+def _second_derivative_product(
+    scalar_of: Callable[[dict], Tensor], params: dict[str, Tensor], tangents: dict[str, Tensor]
+) -> list[Tensor]:
+    """(d^2 s / d theta^2) v by forward-over-reverse: jvp of grad (Pearlmutter's R-operator)."""
+    _, product = jvp(torch.func.grad(scalar_of), (params,), (tangents,))
+    return list(product.values())
+
+
 def jacobian_sandwich_product(
     model: nn.Module,
     inputs: ModelInputs,
     output_curvature: OutputCurvature,
-    vector: list[Tensor] | tuple[Tensor, ...],
+    vector: ParameterVector,
 ) -> list[Tensor]:
     """J^T M J v for an output-space curvature M: jvp for J v, vjp for J^T (M J v)."""
-    params = parameter_dict(model)
-    tangents = _as_param_dict(vector, params)
-    outputs_of = _outputs_function(model, inputs)
+    params, tangents, outputs_of = _linearization_point(model, inputs, vector)
     _, jv = jvp(outputs_of, (params,), (tangents,))
     _, pullback = vjp(outputs_of, params)
     (result,) = pullback(output_curvature.product(jv))
@@ -69,20 +86,17 @@ def ggn_vector_product(
     model: nn.Module,
     inputs: ModelInputs,
     likelihood: str | Likelihood,
-    vector: list[Tensor] | tuple[Tensor, ...],
+    vector: ParameterVector,
 ) -> list[Tensor]:
     """G v with G = (1/N) sum_n J_n^T H_n J_n, the GGN (= exact Fisher) of the mean loss."""
-    likelihood = get_likelihood(likelihood)
-    outputs = _outputs_function(model, inputs)(parameter_dict(model))
-    curvature = fisher_output_curvature(likelihood, outputs, kind="exact")
-    return jacobian_sandwich_product(model, inputs, curvature, vector)
+    return fisher_vector_product(model, inputs, likelihood, vector, kind="exact")
 
 
 def fisher_vector_product(
     model: nn.Module,
     inputs: ModelInputs,
     likelihood: str | Likelihood,
-    vector: list[Tensor] | tuple[Tensor, ...],
+    vector: ParameterVector,
     kind: str = "exact",
     targets: Tensor | None = None,
     samples: int = 1,
@@ -93,29 +107,24 @@ def fisher_vector_product(
     For "mc" the targets are drawn on each call; to reuse one draw across several
     products (as CG needs) build a ``CurvatureOperator`` instead.
     """
-    likelihood = get_likelihood(likelihood)
-    outputs = _outputs_function(model, inputs)(parameter_dict(model))
-    curvature = fisher_output_curvature(likelihood, outputs, kind, targets, samples, generator)
-    return jacobian_sandwich_product(model, inputs, curvature, vector)
+    fisher = CurvatureOperator.fisher(model, inputs, likelihood, kind, targets, samples, generator)
+    return jacobian_sandwich_product(model, inputs, fisher.output_curvature, vector)
 
 
 def output_weighted_hessian_product(
     model: nn.Module,
     inputs: ModelInputs,
     weights: Tensor,
-    vector: list[Tensor] | tuple[Tensor, ...],
+    vector: ParameterVector,
 ) -> list[Tensor]:
     """(d^2/d theta^2 sum_{n,c} w_nc f_nc(theta)) v: the term of the Hessian the GGN drops."""
-    params = parameter_dict(model)
-    tangents = _as_param_dict(vector, params)
-    outputs_of = _outputs_function(model, inputs)
+    params, tangents, outputs_of = _linearization_point(model, inputs, vector)
     weights = weights.detach().reshape(weights.shape[0], -1)
 
     def weighted_sum(p: dict[str, Tensor]) -> Tensor:
         return (outputs_of(p) * weights).sum()
 
-    _, product = jvp(torch.func.grad(weighted_sum), (params,), (tangents,))
-    return list(product.values())
+    return _second_derivative_product(weighted_sum, params, tangents)
 
 
 def hessian_vector_product(
@@ -123,20 +132,17 @@ def hessian_vector_product(
     inputs: ModelInputs,
     targets: Tensor,
     likelihood: str | Likelihood,
-    vector: list[Tensor] | tuple[Tensor, ...],
+    vector: ParameterVector,
 ) -> list[Tensor]:
     """H v with H the Hessian of L = (1/N) sum_n nll(f(x_n), y_n), forward-over-reverse."""
     likelihood = get_likelihood(likelihood)
-    params = parameter_dict(model)
-    tangents = _as_param_dict(vector, params)
-    outputs_of = _outputs_function(model, inputs)
+    params, tangents, outputs_of = _linearization_point(model, inputs, vector)
 
     def loss_of(p: dict[str, Tensor]) -> Tensor:
         outputs = outputs_of(p)
         return likelihood.loss(outputs, match_targets(likelihood, targets, outputs))
 
-    _, product = jvp(torch.func.grad(loss_of), (params,), (tangents,))
-    return list(product.values())
+    return _second_derivative_product(loss_of, params, tangents)
 
 
 class CurvatureOperator:

@@ -36,7 +36,6 @@ from natgrad.train.harness import (  # noqa: F401  (re-exported for existing imp
     CurveRun,
     SteppedRun,
     run_interleaved,
-    training_curve,
 )
 
 
@@ -243,7 +242,6 @@ __all__ = [
     "SteppedRun",
     "CurveRun",
     "run_interleaved",
-    "training_curve",
     "common_target",
     "reachable_target",
     "analyze",

@@ -78,10 +78,6 @@ class DoublyFactoredPreconditioner(LayerPreconditionerBase):
     def has_factors(self) -> bool:
         return self.factors is not None
 
-    @staticmethod
-    def accepts(factors) -> bool:
-        return isinstance(factors, DoublyFactoredFactors)
-
     def update_factors(self, factors: DoublyFactoredFactors, decay: float) -> None:
         """running <- decay * running + (1 - decay) * batch (the batch itself the first time)."""
         batch = dict(zip(FACTOR_NAMES, factors.matrices(), strict=True))

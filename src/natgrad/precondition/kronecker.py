@@ -35,11 +35,6 @@ class KroneckerPreconditioner(LayerPreconditionerBase):
     def has_factors(self) -> bool:
         return self.A is not None
 
-    @staticmethod
-    def accepts(factors) -> bool:
-        """Whether ``factors`` (a layer's batch factors) are the kind this object keeps."""
-        return isinstance(factors, KroneckerFactors)
-
     def update_factors(self, factors: KroneckerFactors, decay: float) -> None:
         """:meth:`update` with the factors of one batch."""
         self.update(factors.A, factors.G, decay)

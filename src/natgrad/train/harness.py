@@ -102,6 +102,10 @@ class SteppedRun:
         loss = self.take_step(len(self.curve.losses))
         self.curve.record(loss, time.perf_counter() - started)
 
+    def run_to_end(self) -> Curve:
+        """Train for ``steps`` steps (or until the run diverges); the per-step curve."""
+        return run_interleaved([self])[0]
+
 
 class CurveRun(SteppedRun):
     """A natgrad training run, stepped so that several runs can be interleaved.
@@ -146,7 +150,7 @@ class CurveRun(SteppedRun):
 
 
 def run_interleaved(
-    runs: list[CurveRun],
+    runs: list[SteppedRun],
     time_limit: float | None = None,
     target: float | None = None,
 ) -> list[Curve]:
@@ -156,7 +160,7 @@ def run_interleaved(
     own training time, or once its smoothed loss reaches ``target``.
     """
 
-    def finished(run: CurveRun) -> bool:
+    def finished(run: SteppedRun) -> bool:
         curve = run.curve
         if run.done:
             return True
@@ -172,20 +176,6 @@ def run_interleaved(
     return [run.curve for run in runs]
 
 
-def training_curve(
-    workload_name: str,
-    optimizer: str,
-    hyperparameters: dict,
-    batch_size: int,
-    steps: int,
-    seed: int = 0,
-    data_dir: str | None = None,
-) -> Curve:
-    """Train one run for ``steps`` steps (or until it diverges); its per-step curve."""
-    run = CurveRun(workload_name, optimizer, hyperparameters, batch_size, steps, seed, data_dir)
-    return run_interleaved([run])[0]
-
-
 __all__ = [
     "SMOOTHING",
     "DIVERGED_LOSS",
@@ -194,5 +184,4 @@ __all__ = [
     "SteppedRun",
     "CurveRun",
     "run_interleaved",
-    "training_curve",
 ]

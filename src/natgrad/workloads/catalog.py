@@ -33,14 +33,32 @@ def reconstruction_data(dataset: str, data_dir: str | None) -> WorkloadData:
     )
 
 
+def classification_task(dataset: str) -> dict:
+    """The :class:`Workload` fields of a classifier of ``dataset``: integer labels as
+    targets, scored by the categorical likelihood and the error rate."""
+    return dict(
+        load_data=partial(classification_data, dataset),
+        likelihood_name="categorical",
+        classification=True,
+    )
+
+
+def reconstruction_task(dataset: str) -> dict:
+    """The :class:`Workload` fields of an autoencoder of ``dataset``: the flattened pixels
+    as targets, scored by the Bernoulli likelihood."""
+    return dict(
+        load_data=partial(reconstruction_data, dataset),
+        likelihood_name="bernoulli",
+        classification=False,
+    )
+
+
 register_workload(
     Workload(
         name="fmnist_cnn",
         description="Choi et al.'s simple CNN (conv32-pool-conv64-pool-fc1024) on Fashion-MNIST",
         build_model=simple_cnn,
-        load_data=partial(classification_data, "fashion-mnist"),
-        likelihood_name="categorical",
-        classification=True,
+        **classification_task("fashion-mnist"),
         batch_size=256,
         steps=3000,
         target={"val_error": 0.10},
@@ -52,9 +70,7 @@ register_workload(
         name="fmnist_mlp",
         description="MLP 784-256-256-10 (ReLU) on Fashion-MNIST",
         build_model=partial(mlp, [784, 256, 256, 10]),
-        load_data=partial(classification_data, "fashion-mnist"),
-        likelihood_name="categorical",
-        classification=True,
+        **classification_task("fashion-mnist"),
         batch_size=128,
         steps=2000,
         target={"val_error": 0.13},
@@ -67,9 +83,7 @@ register_workload(
         description="Vision transformer (7x7 patches as 16 tokens, width 64, 2 pre-norm blocks "
         "of 4-head attention, mean-pooled head) on Fashion-MNIST",
         build_model=vision_transformer,
-        load_data=partial(classification_data, "fashion-mnist"),
-        likelihood_name="categorical",
-        classification=True,
+        **classification_task("fashion-mnist"),
         batch_size=128,
         steps=2000,
         target={"val_error": 0.16},
@@ -81,9 +95,7 @@ register_workload(
         name="fmnist_autoencoder",
         description="Deep autoencoder 784-1000-500-250-30-250-500-1000-784 (tanh) on Fashion-MNIST",
         build_model=deep_autoencoder,
-        load_data=partial(reconstruction_data, "fashion-mnist"),
-        likelihood_name="bernoulli",
-        classification=False,
+        **reconstruction_task("fashion-mnist"),
         batch_size=1000,
         steps=1000,
         weight_decay=1e-5,
@@ -96,9 +108,7 @@ register_workload(
         name="mnist_autoencoder",
         description="Deep autoencoder 784-1000-...-1000-784 (tanh) on the 5k MNIST subset",
         build_model=deep_autoencoder,
-        load_data=partial(reconstruction_data, "mnist-subset"),
-        likelihood_name="bernoulli",
-        classification=False,
+        **reconstruction_task("mnist-subset"),
         batch_size=500,
         steps=500,
         weight_decay=1e-5,
@@ -111,9 +121,7 @@ register_workload(
         name="digits_mlp",
         description="MLP 64-64-10 (tanh) on scikit-learn's 8x8 digits",
         build_model=partial(mlp, [64, 64, 10], nn.Tanh),
-        load_data=partial(classification_data, "digits"),
-        likelihood_name="categorical",
-        classification=True,
+        **classification_task("digits"),
         batch_size=64,
         steps=300,
         target={"val_error": 0.05},
@@ -126,9 +134,7 @@ register_workload(
         description="The simple CNN (conv32-pool-conv64-pool-fc1024) on scikit-learn's 8x8 "
         "digits: its fc layer sees a 64 x 4 map",
         build_model=partial(simple_cnn, image_size=8),
-        load_data=partial(classification_data, "digits"),
-        likelihood_name="categorical",
-        classification=True,
+        **classification_task("digits"),
         batch_size=64,
         steps=300,
         target={"val_error": 0.05},
@@ -140,9 +146,7 @@ register_workload(
         name="digits_logreg",
         description="Multinomial logistic regression on scikit-learn's 8x8 digits",
         build_model=partial(mlp, [64, 10]),
-        load_data=partial(classification_data, "digits"),
-        likelihood_name="categorical",
-        classification=True,
+        **classification_task("digits"),
         batch_size=64,
         steps=300,
         target={"val_error": 0.06},
@@ -154,9 +158,7 @@ register_workload(
         name="mnist1d_mlp",
         description="MLP 40-100-100-10 (ReLU) on MNIST-1D generated locally",
         build_model=partial(mlp, [40, 100, 100, 10]),
-        load_data=partial(classification_data, "mnist1d"),
-        likelihood_name="categorical",
-        classification=True,
+        **classification_task("mnist1d"),
         batch_size=100,
         steps=2000,
         target={"val_error": 0.40},
