@@ -63,8 +63,8 @@ def test_reused_update_is_alpha_times_the_natural_gradient_plus_mu_times_the_pre
     before = _params(model)
     proposals = []
     precondition = opt.precondition
-    opt.precondition = lambda grads, gamma: proposals.append(precondition(grads, gamma)) or (
-        proposals[-1]
+    opt.precondition = lambda grads, gamma: (
+        proposals.append(precondition(grads, gamma)) or (proposals[-1])
     )
     opt.step(closure)  # step 2: reused
     expected = [-alpha * U + mu * prev for U, prev in zip(proposals[0], previous, strict=True)]
