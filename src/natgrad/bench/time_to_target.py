@@ -4,9 +4,11 @@
 mini-batch losses), fmnist_cnn (validation error 0.12) or fmnist_vit (validation error
 0.16). Every family runs over its own grid of the same size (``--grid-size``, default 3),
 log-spaced around a center: the learning rate of adam, adamw, muon, soap, shampoo,
-momentum and kfac_preset (the ``kfac`` preset) by factors of 2, the initial damping of
-kfac (``kfac_adaptive``: alpha and mu from the quadratic model, Levenberg-Marquardt
-damping) by factors of 10, so 3 points are {0.01, 0.1, 1}. ekfac searches its damping
+and momentum by factors of 2; the damping of kfac_preset (the ``kfac`` preset, whose KL
+clip makes the learning rate a no-op whenever it binds) by factors of 10 around its
+3e-3, and the initial damping of kfac (``kfac_adaptive``: alpha and mu from the
+quadratic model, Levenberg-Marquardt damping) by factors of 10, so 3 points are
+{0.01, 0.1, 1}. ekfac searches its damping
 like kfac when it has one, else its learning rate. A family whose optimizer is not
 registered, or that needs an absent optional package (soap and shampoo: heavyball), is
 skipped with one line.
@@ -95,7 +97,9 @@ FAMILIES: dict[str, Family] = {
         Family("shampoo", "shampoo", "lr", 3e-3, 2.0),
         Family("momentum", "momentum", "lr", 1e-2, 2.0, {"momentum": 0.9}),
         Family("kfac", "kfac_adaptive", "damping", 0.1, 10.0),  # {0.01, 0.1, 1}
-        Family("kfac_preset", "kfac", "lr", 0.1, 2.0),
+        # The preset's KL clip scales the step to sqrt(kl_clip / d^T F d) whenever it binds,
+        # which makes its lr a no-op; its damping changes the direction, so it is searched.
+        Family("kfac_preset", "kfac", "damping", 3e-3, 10.0),  # {3e-4, 3e-3, 3e-2}
         Family("kfac_eigen_adam", "kfac_eigen_adam", "lr", None, 2.0),
         Family("ekfac", "ekfac", None, None, 2.0),
     )
