@@ -40,6 +40,7 @@ from natgrad.curvature.likelihoods import get_likelihood
 from natgrad.distributed import Coordinator, World
 from natgrad.optim.kfac import KFAC
 from natgrad.optim.kfac_config import preset_options
+from natgrad.optim.optimizer_spec import get_optimizer_spec, parse_assignments
 from natgrad.workloads.models import deep_autoencoder
 
 WEIGHT_DECAY = 1e-5
@@ -52,7 +53,8 @@ def images(count: int) -> Tensor:
 
 
 def build(model, args: argparse.Namespace, staleness: int | None) -> KFAC:
-    options = {**preset_options("kfac"), "inv_every": args.inv_every, **dict(args.overrides)}
+    overrides = parse_assignments(get_optimizer_spec("kfac"), args.overrides)
+    options = {**preset_options("kfac"), "inv_every": args.inv_every, **overrides}
     opt = KFAC(model, likelihood="bernoulli", weight_decay=WEIGHT_DECAY, **{
         k: v for k, v in options.items() if k != "weight_decay"
     })  # fmt: skip
@@ -114,7 +116,14 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0, help="model and sampling seed")
     parser.add_argument("--with-two-threads", action="store_true")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], type=_pair)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a K-FAC option, typed as the kfac optimizer's hyperparameter",
+    )
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
     staleness = args.inv_every - 1 if args.staleness is None else args.staleness
@@ -162,16 +171,6 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as stream:
             json.dump(report, stream, indent=2)
-
-
-def _pair(text: str) -> tuple[str, object]:
-    name, _, value = text.partition("=")
-    for kind in (int, float):
-        try:
-            return name, kind(value)
-        except ValueError:
-            pass
-    return name, {"true": True, "false": False, "none": None}.get(value.lower(), value)
 
 
 if __name__ == "__main__":

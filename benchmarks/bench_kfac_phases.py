@@ -20,7 +20,8 @@ import statistics
 
 import torch
 
-from natgrad.bench.step import parse_override, profiled_phases
+from natgrad.bench.step import profiled_phases
+from natgrad.optim.optimizer_spec import get_optimizer_spec, parse_assignments
 from natgrad.train.harness import CurveRun, run_interleaved
 
 BATCH_SIZES = {"fmnist_vit": 128, "fmnist_cnn": 256}
@@ -28,13 +29,13 @@ ADAM = ("adam", {"lr": 1e-3})
 
 
 def kfac_overrides(texts: list[str], presets: list[str]) -> dict[str, dict]:
-    """``preset:key=value`` (or ``key=value`` for every preset) as options per preset."""
+    """``preset:key=value`` (or ``key=value`` for every preset) as options per preset,
+    each value parsed by the preset's registered types."""
     options: dict[str, dict] = {name: {} for name in presets}
     for text in texts:
         target, _, assignment = text.rpartition(":")
-        key, value = parse_override(assignment)
         for name in [target] if target else presets:
-            options[name][key] = value
+            options[name].update(parse_assignments(get_optimizer_spec(name), [assignment]))
     return options
 
 
