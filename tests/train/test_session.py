@@ -61,3 +61,12 @@ def test_a_session_keeps_its_first_loss_as_the_reference() -> None:
 def test_a_threshold_must_be_positive() -> None:
     with pytest.raises(ValueError, match="threshold must be > 0"):
         DivergenceRule(threshold=0.0)
+
+
+def test_a_harness_run_stops_at_its_sessions_divergence_rule() -> None:
+    run = CurveRun("digits_mlp", "sgd", {"lr": 0.05}, batch_size=32, steps=5)
+    run.session.divergence = DivergenceRule(threshold=1e-9)  # every finite loss is too large
+    run.advance()
+    assert run.curve.status == "diverged"
+    assert run.curve.losses == []  # the diverged step is not kept
+    assert run.done

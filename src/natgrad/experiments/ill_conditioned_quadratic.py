@@ -28,7 +28,9 @@ from natgrad.experiments.experiment import (
 )
 from natgrad.optim import SGD, Adam, Momentum
 from natgrad.optim.natural_gradient import NaturalGradient
+from natgrad.train.session import DivergenceRule, optimizer_step
 
+DIVERGENCE = DivergenceRule(threshold=1e6)  # f(theta) this large, or not finite, ends a run
 TOLERANCE = 1e-6
 CONDITION_NUMBER = 100.0
 ANGLE = math.pi / 6
@@ -83,18 +85,13 @@ def run_optimizer(
     threshold = TOLERANCE * problem.value(problem.start)
     path = [problem.start.tolist()]
     for step in range(1, max_steps + 1):
-        if second_order:
-            optimizer.step(closure)
-        else:
-            optimizer.zero_grad()
-            closure()[0].backward()
-            optimizer.step()
+        optimizer_step(optimizer, closure, second_order)
         theta = model.theta.detach()
         path.append(theta.tolist())
         value = problem.value(theta)
         if value <= threshold:
             return step, path
-        if not math.isfinite(value) or value > 1e6:
+        if DIVERGENCE.diverged(value):
             return None, path
     return None, path
 

@@ -14,7 +14,6 @@ bring the loss below ``TARGET_LOSS``; SGD gets the best learning rate of a small
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -28,7 +27,9 @@ from natgrad.experiments.experiment import (
 )
 from natgrad.optim import SGD
 from natgrad.optim.natural_gradient import NaturalGradient
+from natgrad.train.session import DivergenceRule, optimizer_step
 
+DIVERGENCE = DivergenceRule(threshold=1e3)  # a loss this large, or not finite, ends a run
 TARGET_LOSS = 0.1
 INIT_SCALE = 0.1
 WIDTH, DEPTH = 8, 4
@@ -72,15 +73,9 @@ def train(make_optimizer, steps: int, second_order: bool, stop_at_target: bool) 
 
     losses = []
     for _ in range(steps):
-        if second_order:
-            loss = optimizer.step(closure)
-        else:
-            optimizer.zero_grad()
-            loss = closure()[0]
-            loss.backward()
-            optimizer.step()
+        loss = optimizer_step(optimizer, closure, second_order)
         losses.append(float(loss.detach()))
-        if not math.isfinite(losses[-1]) or losses[-1] > 1e3:
+        if DIVERGENCE.diverged(losses[-1]):
             break
         if stop_at_target and losses[-1] < TARGET_LOSS:
             break

@@ -32,10 +32,7 @@ class Curve:
     status: str = "completed"
 
     def record(self, loss: float, seconds: float) -> None:
-        """Append one step's loss and time, or mark the run diverged (the step not kept)."""
-        if DIVERGENCE.diverged(loss):
-            self.status = "diverged"
-            return
+        """Append one step's loss and its time."""
         previous = self.wall_times[-1] if self.wall_times else 0.0
         self.losses.append(loss)
         self.wall_times.append(previous + seconds)
@@ -96,11 +93,20 @@ class SteppedRun:
         indices = self.sampler.indices(step)
         return self.train_on(self.data.train.inputs[indices], self.data.train.targets[indices])
 
+    def diverged(self, loss: float) -> bool:
+        """Whether ``loss`` ends the run (:data:`DIVERGENCE`; a session run uses its own)."""
+        return DIVERGENCE.diverged(loss)
+
     def advance(self) -> None:
-        """One training step on the sampler's next batch; records its loss and time."""
+        """One training step on the sampler's next batch; records its loss and time, or
+        marks the curve diverged (that step not kept)."""
         started = time.perf_counter()
         loss = self.take_step(len(self.curve.losses))
-        self.curve.record(loss, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        if self.diverged(loss):
+            self.curve.status = "diverged"
+        else:
+            self.curve.record(loss, seconds)
 
     def run_to_end(self) -> Curve:
         """Train for ``steps`` steps (or until the run diverges); the per-step curve."""
@@ -147,6 +153,9 @@ class CurveRun(SteppedRun):
     def take_step(self, step: int) -> float:
         """The runner's update on the batch of ``step``, then the schedule's step."""
         return float(self.session.step(step))
+
+    def diverged(self, loss: float) -> bool:
+        return self.session.diverged(loss)
 
 
 def run_interleaved(

@@ -17,6 +17,7 @@ DistributedDataParallel model and its loss is averaged over the ranks.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -109,15 +110,26 @@ def train_step(
     targets: Tensor,
 ) -> Tensor:
     """One optimizer step on one batch; returns the batch loss (before the update)."""
-    if spec.second_order:
 
-        def closure():
-            outputs = model(inputs)
-            return workload.loss(outputs, targets), outputs
+    def closure():
+        outputs = model(inputs)
+        return workload.loss(outputs, targets), outputs
 
+    return optimizer_step(optimizer, closure, spec.second_order)
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    closure: Callable[[], tuple[Tensor, Tensor]],
+    second_order: bool,
+) -> Tensor:
+    """One step with ``closure() -> (loss, outputs)``: a second-order optimizer takes the
+    closure (it needs the outputs), a first-order one the loss's gradient. Returns the
+    loss before the update."""
+    if second_order:
         return optimizer.step(closure)
     optimizer.zero_grad(set_to_none=True)
-    loss = workload.loss(model(inputs), targets)
+    loss = closure()[0]
     loss.backward()
     optimizer.step()
     return loss.detach()
@@ -228,6 +240,7 @@ class TrainingSession:
 
 
 __all__ = [
+    "optimizer_step",
     "BatchSampler",
     "DivergenceRule",
     "NON_FINITE",
