@@ -26,6 +26,7 @@ from torch import nn
 import natgrad  # noqa: F401  (registers every optimizer)
 from natgrad.optim.optimizer_spec import OPTIMIZERS, BuildContext, resolve_hyperparameters
 from natgrad.optim.schedules import SCHEDULE_HYPERPARAMETERS
+from natgrad.train.session import optimizer_step
 
 NAMES = sorted(OPTIMIZERS)
 SCHEDULE_NAMES = {h.name for h in SCHEDULE_HYPERPARAMETERS}
@@ -48,18 +49,12 @@ def _build(name: str, model: nn.Module, likelihood: str, **overrides):
 
 def _step(name: str, optimizer, model: nn.Module, loss_fn, x, y) -> float:
     """One step the way the runner takes it: a closure for second-order optimizers."""
-    if OPTIMIZERS[name].second_order:
 
-        def closure():
-            outputs = model(x)
-            return loss_fn(outputs, y), outputs
+    def closure():
+        outputs = model(x)
+        return loss_fn(outputs, y), outputs
 
-        return float(optimizer.step(closure))
-    optimizer.zero_grad()
-    loss = loss_fn(model(x), y)
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach())
+    return float(optimizer_step(optimizer, closure, OPTIMIZERS[name].second_order))
 
 
 def _classifier(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

@@ -8,6 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
+from natgrad.folders import RESULTS
+
 RESULTS_KEYS = ("config", "studies", "ranking", "inclusion", "rank_flips", "warnings")
 SCALING_KEYS = ("optimizers", "curves", "critical", "target")
 
@@ -82,7 +84,7 @@ def run_report(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder; pass the --out folder of compare or tune")
-    if (folder / "results.json").exists():  # compare, or the nqm / batch-scaling experiments
+    if (folder / RESULTS).exists():  # compare, or the nqm / batch-scaling experiments
         written = write_results_report(folder)
     else:
         from natgrad.tune.summary import is_study_folder, study_folder_summary
