@@ -1,4 +1,6 @@
-"""Step rules of K-FAC: quadratic-model alpha/mu, Levenberg-Marquardt damping, KL clipping.
+"""The scalar equations behind K-FAC's step rules: quadratic-model alpha/mu,
+Levenberg-Marquardt damping, KL clipping. The rule objects that apply them to a
+model's layers are in :mod:`natgrad.optim.kfac_step_rules`.
 
 These are small pure functions on scalars (0-d tensors where they come from the
 device, so that the plain path needs no host sync). docs/REFERENCES.md s.3 gives the
