@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -83,6 +85,18 @@ def leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+def exit_rank(status: int) -> NoReturn:
+    """End this rank's process with ``status`` now, without the interpreter's
+    finalization: a gloo worker thread may still be releasing the last collective's
+    tensors, and one that needs the GIL while Python finalizes aborts the process
+    ("terminate called without an active exception") after the run has finished and
+    been written. Output streams and logging are flushed first."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(status)
+
+
 def launch(nproc: int, argv: list[str]) -> int:
     """Run ``natgrad ARGV`` on ``nproc`` local ranks with torchrun; the exit status.
 
@@ -126,6 +140,7 @@ __all__ = [
     "rank_device",
     "join_process_group",
     "leave_process_group",
+    "exit_rank",
     "stop_when_launcher_dies",
     "launch",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NoReturn
 
 from natgrad.commands import UsageError, add_switch
 from natgrad.jsonio import dumps as json_dumps
@@ -135,16 +136,18 @@ def launch_ranks(args: argparse.Namespace, config) -> int:
     return launch.launch(args.nproc, args.argv)  # each rank sees torchrun's variables
 
 
-def train_on_this_rank(args: argparse.Namespace, config) -> int:
-    """One rank of a torchrun launch: join the process group, train, leave."""
+def train_on_this_rank(args: argparse.Namespace, config) -> NoReturn:
+    """One rank of a torchrun launch: join the process group, train, leave, and end the
+    process with the run's exit status (:func:`natgrad.distributed.launch.exit_rank`)."""
     from natgrad.distributed import launch
 
     launch.stop_when_launcher_dies()
     launch.join_process_group(launch.rank_device(config.device), args.dist_timeout)
     try:
-        return train_and_report(args, config, quiet=launch.environment_rank() != 0)
+        status = train_and_report(args, config, quiet=launch.environment_rank() != 0)
     finally:
         launch.leave_process_group()
+    launch.exit_rank(status)
 
 
 def train_and_report(args: argparse.Namespace, config, quiet: bool = False) -> int:
