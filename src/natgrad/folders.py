@@ -22,7 +22,7 @@ _FOUND = {
     "study": "is a study folder of `natgrad tune` or `natgrad compare`",
     "run": "holds a training run (config.json, metrics.jsonl)",
 }
-_WANTED = {"study": "studies", "run": "a training run"}
+_WANTED = {"study": "studies", "run": "a training run", "results": "an experiment's results"}
 
 
 class FolderKindError(ValueError):
@@ -51,7 +51,8 @@ def results_experiment(folder: Path) -> str | None:
 
 def check_folder_kind(folder: Path, wanted: str, experiment: str | None = None) -> None:
     """FolderKindError (one line) unless ``folder`` can take output of kind ``wanted``
-    ("run" or "study"): it holds nothing of the other kind, and, for an ``experiment``,
+    ("run", "study", or "results": an experiment's figures and results.json, which
+    takes neither a run nor a study): it holds nothing of another kind, and, for an ``experiment``,
     no results.json of anything else. Reads only."""
     if wanted not in _WANTED:
         raise ValueError(f"wanted must be one of {', '.join(_WANTED)}, got {wanted!r}")

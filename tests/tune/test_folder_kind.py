@@ -51,3 +51,19 @@ def test_an_experiment_takes_its_own_results(tmp_path):
 def test_an_unknown_kind_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match="wanted must be one of study, run"):
         check_folder_kind(tmp_path, "report")
+
+
+FOUND = [("natgrad-study.json", "is a study folder"), ("config.json", "holds a training run")]
+
+
+@pytest.mark.parametrize(("marker", "found"), FOUND)
+def test_an_experiment_refuses_a_run_or_study_folder_unchanged(tmp_path, capsys, marker, found):
+    from natgrad.cli import main
+
+    (tmp_path / marker).write_text("{}")
+    (tmp_path / "results.json").write_text('{"ranking": []}')  # e.g. what compare wrote
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    assert main(["experiment", "plateau", "--quick", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert found in error and "not an experiment's results" in error and error.count("\n") == 1
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before

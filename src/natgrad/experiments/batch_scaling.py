@@ -416,6 +416,7 @@ register_experiment(
         description="steps to a target vs batch size, every optimizer tuned at every batch size",
         run=run,
         options=OPTIONS,
+        folder_kind="study",
     )
 )
 

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from natgrad.commands import add_switch
+from natgrad.folders import check_folder_kind
 from natgrad.jsonio import dumps as json_dumps
 
 
@@ -44,6 +45,7 @@ def run_experiment(args: argparse.Namespace) -> int:
     given = {option.dest: getattr(args, option.dest) for option in experiment.options}
     options = {dest: value for dest, value in given.items() if value is not None}
     out_dir = Path(args.out or f"runs/{args.name}")
+    check_folder_kind(out_dir, experiment.folder_kind)  # before anything is written
     if not experiment.options:
         out_dir.mkdir(parents=True, exist_ok=True)
     results = experiment.run(out_dir, args.quick, **options)

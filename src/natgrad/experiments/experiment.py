@@ -43,13 +43,16 @@ class Experiment:
     """A named experiment: ``run(out_dir, quick, **options) -> results``.
 
     ``run`` writes figures and results.json; ``options`` lists the command-line options
-    it takes besides ``--out`` and ``--quick`` (passed as keywords when given).
+    it takes besides ``--out`` and ``--quick`` (passed as keywords when given);
+    ``folder_kind`` is what its output folder holds besides them ("study" for one that
+    runs tuner studies there, else "results": no run and no study).
     """
 
     name: str
     description: str
     run: Callable[..., dict]
     options: tuple[ExperimentOption, ...] = ()
+    folder_kind: str = "results"
 
 
 def every_option() -> dict[str, ExperimentOption]:
