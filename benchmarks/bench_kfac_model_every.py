@@ -19,22 +19,14 @@ import torch
 
 from natgrad.bench.time_to_target import step_times
 from natgrad.train.harness import CurveRun
-from natgrad.train.runner import evaluate
+from natgrad.workloads import get_workload
 
-BATCH_SIZES = {"fmnist_cnn": 256, "fmnist_vit": 128, "fmnist_autoencoder": 1000}
-
-
-def validation_error(run: CurveRun, examples: int) -> float:
-    val = run.data.val
-    with torch.no_grad():
-        return evaluate(run.model, run.workload, val.inputs[:examples], val.targets[:examples])[
-            "error"
-        ]
+WORKLOADS = ("fmnist_cnn", "fmnist_vit", "fmnist_autoencoder")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", default="fmnist_vit", choices=sorted(BATCH_SIZES))
+    parser.add_argument("--workload", default="fmnist_vit", choices=WORKLOADS)
     parser.add_argument("--every", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--damping", type=float, default=0.1)
     parser.add_argument("--steps", type=int, default=600)
@@ -47,7 +39,7 @@ def main() -> None:
             args.workload,
             "kfac_adaptive",
             {"damping": args.damping, "model_every": every},
-            BATCH_SIZES[args.workload],
+            get_workload(args.workload).batch_size,
             args.steps,
         )
         for every in args.every
@@ -63,7 +55,7 @@ def main() -> None:
                 metric = (
                     f"loss {run.curve.smoothed()[-1]:.2f}"
                     if args.workload == "fmnist_autoencoder"
-                    else f"err {validation_error(run, args.eval_examples):.4f}"
+                    else f"err {run.session.evaluate('val', args.eval_examples)['error']:.4f}"
                 )
                 cells.append(f"k={every}: {metric} t={run.curve.wall_times[-1]:.1f}s")
             print(f"step {step}: " + " | ".join(cells), flush=True)

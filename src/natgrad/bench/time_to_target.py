@@ -50,7 +50,7 @@ from natgrad.bench.timing import check_device, default_device
 from natgrad.jsonio import write_json
 from natgrad.optim import OPTIMIZERS, get_optimizer_spec
 from natgrad.train.harness import SMOOTHING, Curve, CurveRun
-from natgrad.train.runner import evaluate, load_workload_data
+from natgrad.train.runner import load_workload_data
 from natgrad.workloads import get_workload
 
 METRICS = ("train_loss", "val_error")
@@ -232,13 +232,8 @@ class RaceRun:
             self.evaluations.append([step, self.validation_error(args.eval_examples)])
 
     def validation_error(self, examples: int) -> float:
-        val = self.run.data.val
-        count = val.inputs.shape[0] if examples == 0 else min(examples, val.inputs.shape[0])
-        with torch.no_grad():
-            metrics = evaluate(
-                self.run.model, self.run.workload, val.inputs[:count], val.targets[:count]
-            )
-        return metrics["error"]
+        """The error on the first ``examples`` validation images (0: all of them)."""
+        return self.run.session.evaluate("val", examples or None)["error"]
 
 
 def steps_to(curve: Curve, evaluations: list, metric: str, target: float) -> int | None:
