@@ -70,3 +70,22 @@ def workers_started(pid: int) -> bool:
         except (OSError, IndexError, ValueError):
             continue
     return False
+
+
+class SignalInFinalizer:
+    """An object whose finalizer is running when the signal's handler runs: Python
+    cannot raise there, so the KeyboardInterrupt goes to sys.unraisablehook."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10_000):  # the handler runs at one of these bytecodes
+            pass
+
+
+def test_an_interrupt_lost_in_a_finalizer_is_delivered_again():
+    launch._last_raised[0] = -float("inf")
+    with launch.signals_as_interrupt(), pytest.raises(KeyboardInterrupt):
+        SignalInFinalizer()  # dropped at once: its finalizer runs here
+        deadline = time.monotonic() + 5  # a training loop that never looks at a flag
+        while time.monotonic() < deadline:
+            sum(range(1000))

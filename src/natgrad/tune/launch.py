@@ -122,6 +122,8 @@ def format_seconds(seconds: float) -> str:
 
 
 _last_raised = [-math.inf]
+_last_signal = [signal.SIGINT]
+REDELIVER_S = 0.05
 
 
 def raise_keyboard_interrupt(signum, frame) -> None:
@@ -131,17 +133,28 @@ def raise_keyboard_interrupt(signum, frame) -> None:
     now = time.monotonic()
     if now - _last_raised[0] < INTERRUPT_GRACE_S:
         return
-    _last_raised[0] = now
+    _last_raised[0], _last_signal[0] = now, signum
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def quiet_interrupts(unraisable) -> None:
-    """sys.unraisablehook that drops a KeyboardInterrupt raised inside a garbage-collector
-    callback (Python cannot deliver it there; the signal is sent again), and reports any
-    other unraisable exception as usual."""
+    """sys.unraisablehook for a KeyboardInterrupt raised inside a finalizer or a
+    garbage-collector callback, where Python cannot deliver it: the signal is sent to
+    this process again shortly (so a trial running in this process still stops); any
+    other unraisable exception is reported as usual."""
     if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        redeliver_signal()
         return
     sys.__unraisablehook__(unraisable)
+
+
+def redeliver_signal() -> None:
+    """Send the last signal again in REDELIVER_S, outside the finalizer that swallowed its
+    KeyboardInterrupt (its grace period is cleared: it was never raised)."""
+    _last_raised[0] = -math.inf
+    timer = threading.Timer(REDELIVER_S, os.kill, (os.getpid(), _last_signal[0]))
+    timer.daemon = True
+    timer.start()
 
 
 def stop_when_parent_dies(parent: int, interval: float = PARENT_CHECK_S) -> threading.Thread:
