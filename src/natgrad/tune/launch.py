@@ -143,7 +143,11 @@ def quiet_interrupts(unraisable) -> None:
     this process again shortly (so a trial running in this process still stops); any
     other unraisable exception is reported as usual."""
     if isinstance(unraisable.exc_value, KeyboardInterrupt):
-        redeliver_signal()
+        # A hook that raises prints a traceback: a second signal arriving here (a worker's
+        # parent repeats its SIGTERM) or a start refused at interpreter shutdown is dropped;
+        # the grace is cleared first, so the next signal is raised in any case.
+        with contextlib.suppress(BaseException):
+            redeliver_signal()
         return
     sys.__unraisablehook__(unraisable)
 
