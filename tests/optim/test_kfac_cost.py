@@ -13,6 +13,7 @@ from natgrad.optim.kfac import KFAC, STEP_PHASES
 from natgrad.optim.kfac_config import doubly_factored_pays
 from natgrad.precondition.doubly_factored import DoublyFactoredPreconditioner
 from natgrad.precondition.kronecker import KroneckerPreconditioner
+from natgrad.precondition.output_blocks import SMALLEST_AUTO_BLOCK, blocks_for_cost
 from natgrad.workloads.models import mlp, simple_cnn
 
 
@@ -108,3 +109,52 @@ def test_auto_keeps_a_small_mlp_kronecker():
     model = mlp([784, 256, 256, 10])  # nn.Flatten of (N, 1, 28, 28) images first
     kinds = _first_step_kinds(model, torch.randn(128, 1, 28, 28))
     assert kinds == [KroneckerPreconditioner] * 3
+
+
+# ---------------------------------------------------------------- output blocks by cost
+
+
+def test_blocks_for_cost_splits_only_an_output_side_that_costs_more_than_the_layer():
+    # fmnist_cnn's fc at batch 256, three-factored (C + L = 64 + 49): 3 n - 113 = 655
+    assert blocks_for_cost(1024, 113, rows=256) == 2
+    assert blocks_for_cost(64, 801, rows=256 * 196) == 1  # conv2
+    assert blocks_for_cost(1000, 785, rows=1000) == 1  # the autoencoder's widest layers
+    assert blocks_for_cost(256, 65, rows=128 * 16) == 1  # a ViT MLP layer (16 tokens)
+    assert blocks_for_cost(1024, 113, rows=16) == 1024 // SMALLEST_AUTO_BLOCK  # a tiny batch
+
+
+def _first_step(model: nn.Module, inputs: torch.Tensor, **overrides) -> KFAC:
+    optimizer = KFAC.from_preset("kfac", model, **overrides)
+    targets = torch.randint(0, 10, (inputs.shape[0],))
+
+    def closure():
+        outputs = model(inputs)
+        return nn.functional.cross_entropy(outputs, targets), outputs
+
+    optimizer.step(closure)
+    return optimizer
+
+
+def test_the_kfac_preset_blocks_only_the_cnn_fc_output_factor():
+    torch.manual_seed(0)
+    optimizer = _first_step(simple_cnn(), torch.randn(256, 1, 28, 28))
+    assert [layer.output_blocks for layer in optimizer.layers] == [1, 1, 2, 1]
+    fc = optimizer.preconditioners[2]
+    assert int(fc.decomposition["G_blocks"]) == 2 and fc.output_bounds == ((0, 512), (512, 1024))
+    G_inv = fc.decomposition["G_inv"]
+    assert not G_inv[:512, 512:].any() and G_inv[:512, :512].abs().sum() > 0
+    assert "G_blocks" not in optimizer.preconditioners[0].decomposition
+
+
+def test_output_blocks_off_keeps_every_factor_whole():
+    torch.manual_seed(0)
+    optimizer = _first_step(simple_cnn(), torch.randn(64, 1, 28, 28), output_blocks="off")
+    assert [layer.output_blocks for layer in optimizer.layers] == [1, 1, 1, 1]
+    assert optimizer.preconditioners[2].output_bounds is None
+
+
+def test_a_number_of_outputs_per_block_applies_to_every_layer():
+    torch.manual_seed(0)
+    model = mlp([784, 300, 10])
+    optimizer = _first_step(model, torch.randn(32, 1, 28, 28), output_blocks=128)
+    assert [layer.output_blocks for layer in optimizer.layers] == [3, 1]  # 100 each; 10

@@ -39,6 +39,7 @@ class Pieces:
     map_shape: tuple[int, int] | None  # (channels, locations) of a doubly-factored input
     theta: Tensor  # (out, in[+1]) the layer's parameters, bias last column
     weight_decay: float
+    partition: tuple[tuple[int, int], ...] | None = None  # G's diagonal blocks (output_blocks)
 
 
 def _linear_sequence():
@@ -76,15 +77,38 @@ def _conv_doubly():
     return model, model[0], x, torch.randint(0, 12, (N,)), {"doubly_factored": "0"}
 
 
+def _output_blocks():
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 6))
+    x = torch.randn(N, 4)
+    return model, model[0], x, torch.randint(0, 6, (N,)), {"output_blocks": 4}
+
+
+def _flattened_map_output_blocks():
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 5))
+    x = torch.randn(N, 2, 3)
+    options = {"doubly_factored": "1", "output_blocks": 2}
+    return model, model[1], x, torch.randint(0, 5, (N,)), options
+
+
 KRONECKER_PATTERNS = {
     "linear_sequence": _linear_sequence,
     "conv2d": _conv,
     "weight_decay": _weight_decay,
+    "output_blocks": _output_blocks,
 }
 DOUBLY_PATTERNS = {
     "flattened_map": _flattened_map,
     "conv2d": _conv_doubly,
     "weight_decay": lambda: (*_flattened_map()[:4], {"doubly_factored": "1", "weight_decay": 0.1}),
+    "output_blocks": _flattened_map_output_blocks,
+}
+# G's diagonal blocks in kinds that keep output blocks: the fewest blocks of at most
+# output_blocks outputs, contiguous and of sizes differing by at most one
+PARTITIONS = {
+    ("kronecker", "output_blocks"): ((0, 3), (3, 6)),  # 6 outputs, at most 4 per block
+    ("doubly_factored", "output_blocks"): ((0, 2), (2, 4), (4, 5)),  # 5 outputs, at most 2
 }
 
 
@@ -141,6 +165,16 @@ def _kronecker_factors(p: Pieces) -> tuple[Tensor, Tensor]:
     return a.T @ a / a.shape[0], g.T @ g / N
 
 
+def _blocked(G: Tensor, p: Pieces) -> Tensor:
+    """G with the entries between different output blocks set to 0 (no partition: G)."""
+    if p.partition is None:
+        return G
+    kept = torch.zeros_like(G)
+    for start, end in p.partition:
+        kept[start:end, start:end] = G[start:end, start:end]
+    return kept
+
+
 def _trace_pi(A: Tensor, G: Tensor) -> Tensor:
     return torch.sqrt((torch.trace(A) / A.shape[0]) / (torch.trace(G) / G.shape[0]))
 
@@ -148,8 +182,9 @@ def _trace_pi(A: Tensor, G: Tensor) -> Tensor:
 def kronecker_reference(p: Pieces, gamma: float) -> Tensor:
     """(G + gamma/pi I) ⊗ (A + pi gamma I), Martens & Grosse (2015) s.6.3, row-major vec."""
     A, G = _kronecker_factors(p)
-    pi = _trace_pi(A, G)
+    pi = _trace_pi(A, G)  # the traces of the blocked G are G's
     eye = lambda n: torch.eye(n, dtype=torch.float64)  # noqa: E731
+    G = _blocked(G, p)
     return torch.kron(G + gamma / pi * eye(G.shape[0]), A + pi * gamma * eye(A.shape[0]))
 
 
@@ -162,7 +197,7 @@ def doubly_factored_reference(p: Pieces, gamma: float) -> Tensor:
     k = U[:, :, 0] * S[:, :1].sqrt()
     psi = Vh[:, 0, :] * S[:, :1].sqrt()
     K, Psi = k.T @ k / len(rows), psi.T @ psi / len(rows)
-    G = _kronecker_factors(p)[1]
+    G = _blocked(_kronecker_factors(p)[1], p)
     lam = gamma**2
     means = [torch.trace(M) / M.shape[0] for M in (K, Psi, G)]
     geometric = (means[0] * means[1] * means[2]) ** (1 / 3)
@@ -262,7 +297,10 @@ def test_to_dense_is_the_papers_matrix(kind, pattern, method):
     opt, model, layer, x, y, gamma, weight_decay = _run(kind, pattern, method)
     preconditioner = opt.preconditioner(layer)
     assert type(preconditioner) is CURVATURE_KINDS[kind]
-    reference = REFERENCES[kind][0](_pieces(model, layer, x, y, weight_decay), gamma)
+    pieces = _pieces(model, layer, x, y, weight_decay)
+    if CURVATURE_KINDS[kind].BLOCKS_OUTPUTS:  # the other kinds keep G whole
+        pieces.partition = PARTITIONS.get((kind, pattern))
+    reference = REFERENCES[kind][0](pieces, gamma)
     dense = preconditioner.to_dense(gamma)
     assert dense.dtype == torch.float64
     scale = reference.abs().max()

@@ -65,6 +65,7 @@ class TrackedLayer:
     calls: list[LayerCall] = field(default_factory=list)
     doubly_factored: str = "off"
     matrix_shape: tuple[int, int] | None = None
+    output_blocks: int = 1  # G in this many diagonal blocks (natgrad.precondition.output_blocks)
 
     def input_matrix_shape(self, call: LayerCall) -> tuple[int, int] | None:
         """(channels, locations) of the weight's input when doubly factored, else None."""

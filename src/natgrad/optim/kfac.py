@@ -57,6 +57,7 @@ from natgrad.optim.kfac_config import (
     PLAIN_DEFAULTS,
     check_options,
     doubly_factored_pays,
+    output_block_choice,
     preset_options,
 )
 from natgrad.optim.kfac_step_rules import (
@@ -72,6 +73,7 @@ from natgrad.optim.layer_curvature import LayerCurvature
 from natgrad.optim.quadratic_model import QuadraticModel
 from natgrad.precondition.choice import LayerPreconditioner
 from natgrad.precondition.damping import damping_gamma
+from natgrad.precondition.output_blocks import blocks_for_cost
 
 Closure = Callable[[], tuple[Tensor, Tensor]]
 FallbackFactory = Callable[..., torch.optim.Optimizer]
@@ -134,6 +136,12 @@ class KFAC(torch.optim.Optimizer):
             backward: kfac_config.doubly_factored_pays, decided in the first forward); layer
             names (a list, or one comma-separated string); or a mapping from layer names
             to "on" or a (channels, locations) shape.
+        output_blocks: the output factor G of each layer in diagonal blocks of contiguous
+            outputs (natgrad.precondition.output_blocks; the kronecker and
+            doubly-factored kinds): "off"; "auto" (a layer whose preconditioning costs
+            more flops per step than its forward and backward gets the fewest blocks that
+            make it cost no more: output_blocks.blocks_for_cost, decided in the first
+            forward, after ``doubly_factored``); or N, blocks of at most N outputs.
         approximation: each layer's curvature approximation, a registered kind
             (natgrad.precondition.kinds): "kronecker" (K-FAC), "ekfac" (George et al.
             2018: the Kronecker eigenbasis with a per-example diagonal scale, always
@@ -174,6 +182,7 @@ class KFAC(torch.optim.Optimizer):
         damping_config: DampingConfig = DEFAULT_DAMPING_CONFIG,
         sharing: str | Mapping[str, str] = _D["sharing"],
         doubly_factored: str | Sequence[str] | Mapping = _D["doubly_factored"],
+        output_blocks: str | int = _D["output_blocks"],
         approximation: str = _D["approximation"],
     ) -> None:
         check_model_argument(model, "KFAC")
@@ -195,7 +204,9 @@ class KFAC(torch.optim.Optimizer):
         self.adapt_damping, self.adapt_step = adapt_damping, adapt_step
         self.damping_config = damping_config
         self.layers, untracked = self._plan(model, tuple(exclude), sharing)
-        _assign_doubly_factored(self.layers, doubly_factored, model, inv_every)
+        _assign_layer_forms(
+            self.layers, doubly_factored, output_block_choice(output_blocks), model, inv_every
+        )
         params = [p for p in unwrap_model(model).parameters() if p.requires_grad]
         defaults = dict(lr=lr, momentum=momentum, damping=damping, weight_decay=weight_decay)
         super().__init__(params, defaults)
@@ -527,19 +538,27 @@ class KFAC(torch.optim.Optimizer):
                     self.state[param][key] = value.to(device=param.device)
 
 
-def _assign_doubly_factored(
-    layers: list[TrackedLayer], choice, model: nn.Module, inv_every: int
+def _assign_layer_forms(
+    layers: list[TrackedLayer], doubly_factored, output_blocks, model: nn.Module, inv_every: int
 ) -> None:
-    """Mark the layers to doubly factor: "off", "auto", layer names, or names -> shapes.
+    """Each layer's doubly-factored choice and output blocks; the "auto" ones are decided
+    in the first forward that records the layers' calls (the first statistics)."""
+    _assign_doubly_factored(layers, doubly_factored)
+    if isinstance(output_blocks, int):
+        for layer in layers:
+            out_features = layer.weight.shape[0]
+            layer.output_blocks = -(-out_features // output_blocks)
+    auto_doubly = doubly_factored == "auto"
+    auto_blocks = output_blocks == "auto"
+    if layers and (auto_doubly or auto_blocks):
+        _decide_auto_on_first_statistics(layers, model, inv_every, auto_blocks)
 
-    "auto" decides in the first forward that records the layers' calls (the first
-    statistics), by :func:`doubly_factored_pays` on each layer's shape and rows per step.
-    """
+
+def _assign_doubly_factored(layers: list[TrackedLayer], choice) -> None:
+    """Mark the layers to doubly factor: "off", "auto", layer names, or names -> shapes."""
     if isinstance(choice, str) and choice in ("off", "auto"):
         for layer in layers:
             layer.doubly_factored = choice
-        if choice == "auto" and layers:
-            _decide_auto_on_first_statistics(layers, model, inv_every)
         return
     if isinstance(choice, str):
         choice = [name.strip() for name in choice.split(",") if name.strip()]
@@ -554,13 +573,14 @@ def _assign_doubly_factored(
 
 
 def _decide_auto_on_first_statistics(
-    layers: list[TrackedLayer], model: nn.Module, inv_every: int
+    layers: list[TrackedLayer], model: nn.Module, inv_every: int, auto_blocks: bool
 ) -> None:
     """A one-shot hook at the end of the root model's forward: once the tracked layers'
     calls are recorded (the first statistics, before any factors are formed), each "auto"
     layer stays "auto" (three factors) if :func:`doubly_factored_pays` and becomes "off"
-    otherwise. The batch is the largest of the differentiated forwards so far (the
-    closure's; the statistics may see a sub-batch of it)."""
+    otherwise; then, with ``auto_blocks``, each layer's output blocks are set by
+    :func:`blocks_for_cost`. The batch is the largest of the differentiated forwards so far
+    (the closure's; the statistics may see a sub-batch of it)."""
     batch = 0
 
     def decide(module: nn.Module, args: tuple, output) -> None:
@@ -577,25 +597,41 @@ def _decide_auto_on_first_statistics(
                 layer, batch, inv_every
             ):
                 layer.doubly_factored = "off"
+            if auto_blocks:
+                layer.output_blocks = _output_blocks_by_cost(layer, batch)
 
     handle = unwrap_model(model).register_forward_hook(decide)
 
 
-def _pays_to_doubly_factor(layer: TrackedLayer, batch: int, inv_every: int) -> bool:
-    """:func:`doubly_factored_pays` for a layer from its recorded calls: rows per step =
-    its locations per example (over all calls) x ``batch``."""
-    if not layer.calls:
-        return False
+def _layer_cost_shape(layer: TrackedLayer, batch: int):
+    """(out, in[+1], input map shape or None, rows per step) of a layer from its recorded
+    calls: rows = its locations per example (over all calls) x ``batch``."""
     shape = layer.input_matrix_shape(layer.calls[0])
-    if shape is None:
-        return False
     matrix = layer.handler.gradient_matrix(layer.module, layer.weight, layer.bias)
     out_features, in_features = matrix.shape
     examples = layer.calls[0].layer_output.shape[0]
     locations = sum(call.layer_output.numel() for call in layer.calls) / (examples * out_features)
-    return doubly_factored_pays(
-        out_features, in_features, shape, round(locations * batch), inv_every
-    )
+    return out_features, in_features, shape, round(locations * batch)
+
+
+def _pays_to_doubly_factor(layer: TrackedLayer, batch: int, inv_every: int) -> bool:
+    """:func:`doubly_factored_pays` for a layer from its recorded calls."""
+    if not layer.calls:
+        return False
+    out_features, in_features, shape, rows = _layer_cost_shape(layer, batch)
+    if shape is None:
+        return False
+    return doubly_factored_pays(out_features, in_features, shape, rows, inv_every)
+
+
+def _output_blocks_by_cost(layer: TrackedLayer, batch: int) -> int:
+    """:func:`blocks_for_cost` for a layer from its recorded calls, with its input side as
+    decided (C + L for a doubly-factored layer, else its inputs)."""
+    if not layer.calls:
+        return 1
+    out_features, in_features, shape, rows = _layer_cost_shape(layer, batch)
+    input_side = sum(shape) if shape is not None else in_features
+    return blocks_for_cost(out_features, input_side, rows)
 
 
 def _assign_sharing(layers: list[TrackedLayer], sharing) -> None:

@@ -34,6 +34,7 @@ PLAIN_DEFAULTS: dict[str, object] = {
     "kl_clip": None,
     "sharing": "expand",
     "doubly_factored": "off",
+    "output_blocks": "off",
     "approximation": "kronecker",
 }
 
@@ -93,6 +94,9 @@ OPTION_HELP: dict[str, str] = {
     "doubly_factored": "three-factor layers (Ba et al. 2017): off | auto (a channels x "
     "locations map whose full factors cost more than the layer's forward and backward) | "
     "comma-separated layer names",
+    "output_blocks": "the output factor G in diagonal blocks: off | auto (a layer whose "
+    "preconditioning costs more than its forward and backward) | N (blocks of at most N "
+    "outputs); kronecker and doubly-factored layers",
     "approximation": "curvature approximation of each layer: " + " | ".join(approximation_names()),
 }
 
@@ -108,6 +112,7 @@ _KFAC = {
     "model_fraction": 0.125,
     "kl_clip": 1e-3,
     "doubly_factored": "auto",
+    "output_blocks": "auto",
 }
 # The full algorithm of Martens & Grosse (2015, s.6-7): alpha and mu from the quadratic
 # model and Levenberg-Marquardt damping from lambda_0 = 1, with the statistics and the
@@ -190,6 +195,7 @@ def check_options(options: Mapping[str, object]) -> None:
         raise ValueError(f"kl_clip must be None or a finite number > 0, got {kl_clip!r}")
     check_sharing(options["sharing"])
     check_doubly_factored(options["doubly_factored"])
+    output_block_choice(options["output_blocks"])
     check_approximation(options["approximation"])
     if options["approximation"] == "eigen_adam":
         _check_eigen_adam(options)
@@ -232,6 +238,21 @@ def check_doubly_factored(value) -> None:
         )
 
 
+def output_block_choice(value) -> str | int:
+    """ "off", "auto", or the most outputs per block (an int >= 1, or its digits as text,
+    as the command line gives it); else ValueError."""
+    if value in ("off", "auto"):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ValueError(
+        f"output_blocks must be off, auto or the most outputs per block (an integer >= 1); "
+        f"got {value!r}"
+    )
+
+
 def check_sharing(sharing) -> None:
     """``sharing`` is a mode or a mapping from layer names to modes."""
     modes = sharing.values() if isinstance(sharing, Mapping) else [sharing]
@@ -245,6 +266,7 @@ __all__ = [
     "PRESETS",
     "OPTION_HELP",
     "doubly_factored_pays",
+    "output_block_choice",
     "preset_options",
     "check_options",
 ]

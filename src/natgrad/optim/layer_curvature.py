@@ -135,6 +135,8 @@ class LayerCurvature:
                 f"approximation {self.approximation!r} runs on one process only (its "
                 "per-example statistics are not averaged over ranks)"
             )
+        for layer, preconditioner in zip(self.layers, self.preconditioners, strict=True):
+            preconditioner.output_blocks = layer.output_blocks
         coordinator.refresh_inverses(self.preconditioners, gamma, force)
 
     # ------------------------------------------------------------ preconditioning

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from natgrad.precondition.factor_inverse import check_inverse_method
+from natgrad.precondition.output_blocks import Bounds, bounds_of
 
 DECOMPOSITION_PREFIX = "inverse."
 _READY = DECOMPOSITION_PREFIX + "ready"
@@ -25,10 +26,16 @@ class LayerPreconditionerBase:
     FACTOR_KEYS: tuple[str, ...] = ()
     STATISTICS = "kronecker"
     NEEDS_EXAMPLES = False
+    # whether the kind can keep its output factor G in diagonal blocks (output_blocks)
+    BLOCKS_OUTPUTS = False
 
     def __init__(self, method: str = "cholesky") -> None:
         self.method = check_inverse_method(method)
         self.decomposition: dict[str, Tensor] | None = None
+        # G in this many diagonal blocks at the next decomposition (natgrad.precondition.
+        # output_blocks); the installed decomposition's own blocks are output_bounds
+        self.output_blocks = 1
+        self.output_bounds: Bounds | None = None
 
     @classmethod
     def create(cls, options: Mapping[str, object]) -> LayerPreconditionerBase:
@@ -57,9 +64,21 @@ class LayerPreconditionerBase:
     def compute_decomposition(self, gamma: float) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    def blocks_to_compute(self) -> int:
+        """The output blocks of the next decomposition (1 for kinds that do not block)."""
+        return self.output_blocks if self.BLOCKS_OUTPUTS else 1
+
     def install(self, decomposition: dict[str, Tensor]) -> None:
         """Use ``decomposition`` from the next ``apply`` on."""
         self.decomposition = decomposition
+        self.output_bounds = self._bounds_of(decomposition)
+
+    def _bounds_of(self, decomposition: dict[str, Tensor]) -> Bounds | None:
+        """The output blocks a decomposition was computed with (read once, at install)."""
+        if not self.BLOCKS_OUTPUTS:
+            return None
+        inverse = decomposition.get("G_inv", decomposition.get("G_eigvecs"))
+        return None if inverse is None else bounds_of(decomposition, inverse.shape[0])
 
     def refresh(self, gamma: float) -> None:
         """Compute and install the decomposition of the current factors."""
@@ -85,6 +104,7 @@ class LayerPreconditionerBase:
             if key.startswith(DECOMPOSITION_PREFIX) and key != _READY
         }
         self.decomposition = decomposition if _READY in state else None
+        self.output_bounds = None if self.decomposition is None else self._bounds_of(decomposition)
 
     @classmethod
     def owns_key(cls, key: str) -> bool:

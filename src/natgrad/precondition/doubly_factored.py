@@ -29,6 +29,14 @@ from natgrad.curvature.doubly_factored import DoublyFactoredFactors
 from natgrad.precondition.base import LayerPreconditionerBase, eigen_matrix
 from natgrad.precondition.damping import add_to_diagonal
 from natgrad.precondition.factor_inverse import damped_inverse, symmetric_eigen, symmetric_inverse
+from natgrad.precondition.output_blocks import (
+    Bounds,
+    block_bounds,
+    blocks_entry,
+    blockwise_eigen,
+    blockwise_inverse,
+    left_product,
+)
 
 FACTOR_NAMES = ("K", "Psi", "G")
 _TINY_TRACE = 1e-12
@@ -50,12 +58,15 @@ def bias_damping_scale(gamma: float, damping_G: Tensor) -> Tensor:
     return 1.0 / (1.0 + gamma**2 / damping_G)
 
 
-def mode_products(K: Tensor, Psi: Tensor, G: Tensor, weight: Tensor) -> Tensor:
-    """sum G[o,o'] K[c,c'] Psi[l,l'] weight[o',c',l'] for weight (out, channels, locations)."""
+def mode_products(
+    K: Tensor, Psi: Tensor, G: Tensor, weight: Tensor, bounds: Bounds | None = None
+) -> Tensor:
+    """sum G[o,o'] K[c,c'] Psi[l,l'] weight[o',c',l'] for weight (out, channels, locations)
+    (G block-diagonal over ``bounds`` when given)."""
     out, channels, locations = weight.shape
     result = weight @ Psi.T  # mode 3
     result = torch.matmul(K, result)  # mode 2, batched over the outputs
-    return (G @ result.reshape(out, -1)).reshape(out, channels, locations)  # mode 1
+    return left_product(G, result.reshape(out, -1), bounds).reshape(out, channels, locations)
 
 
 class DoublyFactoredPreconditioner(LayerPreconditionerBase):
@@ -64,6 +75,7 @@ class DoublyFactoredPreconditioner(LayerPreconditionerBase):
     KIND = "doubly_factored"
     FACTOR_KEYS = FACTOR_NAMES
     STATISTICS = "doubly_factored"
+    BLOCKS_OUTPUTS = True
 
     def __init__(self, method: str = "cholesky", has_bias: bool = True) -> None:
         super().__init__(method)
@@ -93,21 +105,25 @@ class DoublyFactoredPreconditioner(LayerPreconditionerBase):
         )
 
     def compute_decomposition(self, gamma: float) -> dict[str, Tensor]:
-        """Damped inverses ("cholesky") or eigendecompositions ("eigen") of K, Psi, G (pure)."""
+        """Damped inverses ("cholesky") or eigendecompositions ("eigen") of K, Psi, G (pure);
+        G in ``output_blocks`` diagonal blocks (natgrad.precondition.output_blocks)."""
         if self.factors is None:
             raise RuntimeError("no factors yet: call update_factors() before refreshing")
         matrices = [self.factors[name] for name in FACTOR_NAMES]
+        bounds = block_bounds(matrices[2].shape[0], self.blocks_to_compute())
+        block_sets = ((), (), bounds)  # only G is blocked
+        decomposition = blocks_entry(bounds, matrices[2].device)
         if self.method == "eigen":
-            decomposition = {}
-            for name, matrix in zip(FACTOR_NAMES, matrices, strict=True):
-                values, vectors = symmetric_eigen(matrix)
+            for name, matrix, blocks in zip(FACTOR_NAMES, matrices, block_sets, strict=True):
+                values, vectors = blockwise_eigen(matrix, blocks, symmetric_eigen)
                 decomposition[name + "_eigvals"], decomposition[name + "_eigvecs"] = values, vectors
             return decomposition
         dampings = self._dampings(matrices, gamma)
-        decomposition = {
-            name + "_inv": symmetric_inverse(add_to_diagonal(matrix, damping))
-            for name, matrix, damping in zip(FACTOR_NAMES, matrices, dampings, strict=True)
-        }
+        for name, matrix, damping, blocks in zip(
+            FACTOR_NAMES, matrices, dampings, block_sets, strict=True
+        ):
+            damped = add_to_diagonal(matrix, damping)
+            decomposition[name + "_inv"] = blockwise_inverse(damped, blocks, symmetric_inverse)
         decomposition["bias_scale"] = bias_damping_scale(gamma, dampings[2])
         return decomposition
 
@@ -123,8 +139,11 @@ class DoublyFactoredPreconditioner(LayerPreconditionerBase):
             weight_update, bias_update = self._apply_eigen(weight, V, has_bias, gamma)
         else:
             d = self.decomposition
-            weight_update = mode_products(d["K_inv"], d["Psi_inv"], d["G_inv"], weight)
-            bias_update = (d["G_inv"] @ V[:, -1]) * d["bias_scale"] if has_bias else None
+            bounds = self.output_bounds
+            weight_update = mode_products(d["K_inv"], d["Psi_inv"], d["G_inv"], weight, bounds)
+            bias_update = None
+            if has_bias:
+                bias_update = left_product(d["G_inv"], V[:, -1:], bounds)[:, 0] * d["bias_scale"]
         columns = [weight_update.reshape(V.shape[0], -1)]
         if bias_update is not None:
             columns.append(bias_update[:, None])
@@ -138,16 +157,18 @@ class DoublyFactoredPreconditioner(LayerPreconditionerBase):
             [v.sum() for v in values], [v.shape[0] for v in values], gamma**2
         )
         Q_K, Q_Psi, Q_G = vectors
-        rotated = mode_products(Q_K.T, Q_Psi.T, Q_G.T, weight)  # into the eigenbases
+        bounds = self.output_bounds
+        rotated = mode_products(Q_K.T, Q_Psi.T, Q_G.T, weight, bounds)  # into the eigenbases
         inv_K, inv_Psi, inv_G = (
             damped_inverse(v, damping) for v, damping in zip(values, dampings, strict=True)
         )
         rotated = rotated * (inv_G[:, None, None] * inv_K[None, :, None] * inv_Psi[None, None, :])
-        weight_update = mode_products(Q_K, Q_Psi, Q_G, rotated)
+        weight_update = mode_products(Q_K, Q_Psi, Q_G, rotated, bounds)
         bias_update = None
         if has_bias:
             scale = bias_damping_scale(gamma, dampings[2])
-            bias_update = Q_G @ ((Q_G.T @ V[:, -1]) * inv_G) * scale
+            rotated_bias = left_product(Q_G.T, V[:, -1:], bounds)[:, 0] * inv_G
+            bias_update = left_product(Q_G, rotated_bias[:, None], bounds)[:, 0] * scale
         return weight_update, bias_update
 
     def _damped_matrices(self, gamma: float) -> tuple[list[Tensor], Tensor]:

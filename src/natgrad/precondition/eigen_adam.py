@@ -37,6 +37,7 @@ class EigenAdamPreconditioner(KroneckerPreconditioner):
     """Running A, G (for the eigenbasis) and Adam's moments of one layer's gradient."""
 
     KIND = "eigen_adam"
+    BLOCKS_OUTPUTS = False  # its eigenbasis products stay whole
     FACTOR_KEYS = ("A", "G", "exp_avg", "exp_avg_sq", "moment_steps")
     KEEPS_FIRST_MOMENT = True
 

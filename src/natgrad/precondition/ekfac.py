@@ -60,6 +60,7 @@ class EKFACPreconditioner(KroneckerPreconditioner):
     """Running A, G (for the eigenbasis) and the eigenbasis scale S of one layer."""
 
     KIND = "ekfac"
+    BLOCKS_OUTPUTS = False  # its eigenbasis products stay whole
     FACTOR_KEYS = ("A", "G", "scale")
     NEEDS_EXAMPLES = True
 

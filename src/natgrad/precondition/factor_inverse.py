@@ -30,6 +30,15 @@ import torch
 from torch import Tensor
 
 from natgrad.precondition.damping import add_to_diagonal, factored_pi, trace_norm_pi
+from natgrad.precondition.output_blocks import (
+    Bounds,
+    block_bounds,
+    blocks_entry,
+    blockwise_eigen,
+    blockwise_inverse,
+    left_product,
+    right_product,
+)
 
 INVERSE_METHODS = ("cholesky", "eigen")
 _FLOOR_START = 1e-7
@@ -77,37 +86,48 @@ def symmetric_eigen(matrix: Tensor) -> tuple[Tensor, Tensor]:
     return _robust(_symmetric_eigen, matrix)
 
 
-def cholesky_decompose(A: Tensor, G: Tensor, gamma: float) -> dict[str, Tensor]:
-    """Inverses of the damped factors: {"A_inv", "G_inv", "pi"}."""
+def cholesky_decompose(A: Tensor, G: Tensor, gamma: float, blocks: int = 1) -> dict[str, Tensor]:
+    """Inverses of the damped factors: {"A_inv", "G_inv", "pi"} (G_inv block-diagonal with
+    "G_blocks" when ``blocks`` > 1: natgrad.precondition.output_blocks)."""
     pi = factored_pi(A, G)
+    bounds = block_bounds(G.shape[0], blocks)
     return {
         "A_inv": symmetric_inverse(add_to_diagonal(A, pi * gamma)),
-        "G_inv": symmetric_inverse(add_to_diagonal(G, gamma / pi)),
+        "G_inv": blockwise_inverse(add_to_diagonal(G, gamma / pi), bounds, symmetric_inverse),
         "pi": pi,
+        **blocks_entry(bounds, G.device),
     }
 
 
-def cholesky_precondition(decomposition: dict[str, Tensor], V: Tensor, gamma: float) -> Tensor:
-    """G_inv V A_inv (the damping was fixed at decomposition time; ``gamma`` is unused).
+def cholesky_precondition(
+    decomposition: dict[str, Tensor], V: Tensor, gamma: float, bounds: Bounds | None = None
+) -> Tensor:
+    """G_inv V A_inv (the damping was fixed at decomposition time; ``gamma`` is unused;
+    a block-diagonal G_inv is applied block by block over ``bounds``).
 
     Both inverses are symmetric, so G_inv V A_inv = (A_inv V^T G_inv)^T; the product is
     formed in that order because CPU GEMM takes a transposed right operand faster (the
     K-FAC autoencoder's layers: about 20% less time including the copy back to a
     contiguous (out x in) matrix, which keeps the later elementwise work fast).
     """
-    product = decomposition["A_inv"] @ V.to(torch.float32).T @ decomposition["G_inv"]
+    product = right_product(
+        decomposition["A_inv"] @ V.to(torch.float32).T, decomposition["G_inv"], bounds
+    )
     return product.T.contiguous()
 
 
-def eigen_decompose(A: Tensor, G: Tensor, gamma: float) -> dict[str, Tensor]:
-    """Eigendecompositions of the undamped factors: {A,G}_eigvals and {A,G}_eigvecs."""
+def eigen_decompose(A: Tensor, G: Tensor, gamma: float, blocks: int = 1) -> dict[str, Tensor]:
+    """Eigendecompositions of the undamped factors: {A,G}_eigvals and {A,G}_eigvecs (G's
+    block by block, with "G_blocks", when ``blocks`` > 1)."""
     A_eigvals, A_eigvecs = _robust(_symmetric_eigen, A)
-    G_eigvals, G_eigvecs = _robust(_symmetric_eigen, G)
+    bounds = block_bounds(G.shape[0], blocks)
+    G_eigvals, G_eigvecs = blockwise_eigen(G, bounds, symmetric_eigen)
     return {
         "A_eigvals": A_eigvals,
         "A_eigvecs": A_eigvecs,
         "G_eigvals": G_eigvals,
         "G_eigvecs": G_eigvecs,
+        **blocks_entry(bounds, G.device),
     }
 
 
@@ -120,15 +140,18 @@ def damped_inverse(eigenvalues: Tensor, damping: Tensor | float) -> Tensor:
     return torch.where(keep, 1.0 / torch.where(keep, damped, 1.0), 0.0)
 
 
-def eigen_precondition(decomposition: dict[str, Tensor], V: Tensor, gamma: float) -> Tensor:
+def eigen_precondition(
+    decomposition: dict[str, Tensor], V: Tensor, gamma: float, bounds: Bounds | None = None
+) -> Tensor:
     """Q_G [(Q_G^T V Q_A) / ((d_G + gamma/pi)(d_A + pi gamma)^T)] Q_A^T with the current gamma
-    (a damped eigenvalue that float32 cannot tell from 0 is inverted as 0: ``damped_inverse``)."""
+    (a damped eigenvalue that float32 cannot tell from 0 is inverted as 0: ``damped_inverse``;
+    a block-diagonal Q_G is applied block by block over ``bounds``)."""
     d_A, Q_A = decomposition["A_eigvals"], decomposition["A_eigvecs"]
     d_G, Q_G = decomposition["G_eigvals"], decomposition["G_eigvecs"]
     pi = trace_norm_pi(d_A.sum(), d_A.shape[0], d_G.sum(), d_G.shape[0])
-    rotated = Q_G.T @ V.to(torch.float32) @ Q_A
+    rotated = left_product(Q_G.T, V.to(torch.float32) @ Q_A, bounds)
     rotated.mul_(torch.outer(damped_inverse(d_G, gamma / pi), damped_inverse(d_A, pi * gamma)))
-    return Q_G @ rotated @ Q_A.T
+    return left_product(Q_G, rotated @ Q_A.T, bounds)
 
 
 DECOMPOSERS = {"cholesky": cholesky_decompose, "eigen": eigen_decompose}
@@ -142,14 +165,24 @@ def check_inverse_method(method: str) -> str:
     return method
 
 
-def decompose(method: str, A: Tensor, G: Tensor, gamma: float) -> dict[str, Tensor]:
-    """Decompose the factors of one layer with ``method`` ("cholesky" or "eigen")."""
-    return DECOMPOSERS[check_inverse_method(method)](A, G, gamma)
+def decompose(
+    method: str, A: Tensor, G: Tensor, gamma: float, blocks: int = 1
+) -> dict[str, Tensor]:
+    """Decompose the factors of one layer with ``method`` ("cholesky" or "eigen"), G in
+    ``blocks`` diagonal blocks."""
+    return DECOMPOSERS[check_inverse_method(method)](A, G, gamma, blocks)
 
 
-def precondition(method: str, decomposition: dict[str, Tensor], V: Tensor, gamma: float) -> Tensor:
-    """The damped Kronecker inverse of one layer applied to its gradient matrix ``V``."""
-    return PRECONDITIONERS[method](decomposition, V, gamma)
+def precondition(
+    method: str,
+    decomposition: dict[str, Tensor],
+    V: Tensor,
+    gamma: float,
+    bounds: Bounds | None = None,
+) -> Tensor:
+    """The damped Kronecker inverse of one layer applied to its gradient matrix ``V`` (G's
+    side block by block over ``bounds`` when it was decomposed in blocks)."""
+    return PRECONDITIONERS[method](decomposition, V, gamma, bounds)
 
 
 __all__ = [

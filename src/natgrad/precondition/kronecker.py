@@ -25,6 +25,7 @@ class KroneckerPreconditioner(LayerPreconditionerBase):
 
     KIND = "kronecker"
     FACTOR_KEYS = ("A", "G")
+    BLOCKS_OUTPUTS = True
 
     def __init__(self, method: str = "cholesky") -> None:
         super().__init__(method)
@@ -51,13 +52,13 @@ class KroneckerPreconditioner(LayerPreconditionerBase):
         """The decomposition of the current factors for damping strength ``gamma`` (pure)."""
         if self.A is None or self.G is None:
             raise RuntimeError("no factors yet: call update() before refreshing")
-        return decompose(self.method, self.A, self.G, gamma)
+        return decompose(self.method, self.A, self.G, gamma, self.blocks_to_compute())
 
     def apply(self, V: Tensor, gamma: float) -> Tensor:
         """The damped Kronecker inverse applied to the gradient matrix ``V`` (float32)."""
         if self.decomposition is None:
             return V.float()
-        return precondition(self.method, self.decomposition, V, gamma)
+        return precondition(self.method, self.decomposition, V, gamma, self.output_bounds)
 
     def to_dense(self, gamma: float) -> Tensor:
         """(G + gamma/pi I) ⊗ (A + pi gamma I) as installed (float64; identity before that).
