@@ -53,14 +53,15 @@ CASES = {
         dict(precondition="broadcast", staleness=1),
         False,
     ),
-    # the first layer's 6 inputs read as a 2 x 3 map: K, Psi and G travel and are inverted
+    # the first layer's 6 inputs read as a 2 x 3 map: K, Psi and G travel and are inverted;
+    # output factors in blocks of at most 4 outputs (9 -> 3 blocks, 7 -> 2, 4 -> 1)
     "exact_doubly_factored_gather": (
-        dict(fisher="exact", doubly_factored={"0": (2, 3)}),
+        dict(fisher="exact", doubly_factored={"0": (2, 3)}, output_blocks=4),
         dict(precondition="gather"),
         False,
     ),
     "exact_doubly_factored_broadcast_async": (
-        dict(fisher="exact", doubly_factored={"0": (2, 3)}, inverse="eigen"),
+        dict(fisher="exact", doubly_factored={"0": (2, 3)}, inverse="eigen", output_blocks=4),
         dict(precondition="broadcast", staleness=1),
         False,
     ),
