@@ -14,7 +14,7 @@ from natgrad.optim.kfac_config import doubly_factored_pays
 from natgrad.precondition.doubly_factored import DoublyFactoredPreconditioner
 from natgrad.precondition.kronecker import KroneckerPreconditioner
 from natgrad.precondition.output_blocks import SMALLEST_AUTO_BLOCK, blocks_for_cost
-from natgrad.workloads.models import mlp, simple_cnn
+from natgrad.workloads.models import deep_autoencoder, mlp, simple_cnn, vision_transformer
 
 
 def _tiny_classifier_step(**options):
@@ -158,3 +158,20 @@ def test_a_number_of_outputs_per_block_applies_to_every_layer():
     model = mlp([784, 300, 10])
     optimizer = _first_step(model, torch.randn(32, 1, 28, 28), output_blocks=128)
     assert [layer.output_blocks for layer in optimizer.layers] == [3, 1]  # 100 each; 10
+
+
+def test_auto_blocks_no_layer_of_the_vit_or_the_autoencoder():
+    torch.manual_seed(0)
+    vit = _first_step(vision_transformer(), torch.randn(128, 1, 28, 28))
+    assert {layer.output_blocks for layer in vit.layers} == {1}
+    autoencoder = deep_autoencoder()
+    optimizer = KFAC.from_preset("kfac", autoencoder, likelihood="bernoulli")
+    inputs = torch.rand(1000, 784)
+
+    def closure():
+        outputs = autoencoder(inputs)
+        loss = nn.functional.binary_cross_entropy_with_logits(outputs, inputs)
+        return loss, outputs
+
+    optimizer.step(closure)
+    assert {layer.output_blocks for layer in optimizer.layers} == {1}
