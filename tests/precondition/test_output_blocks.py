@@ -66,3 +66,17 @@ def test_a_checkpoint_keeps_the_blocks_its_decomposition_was_computed_with(inver
     assert restored.output_bounds == first.output_bounds
     V = torch.randn(9, 5)
     torch.testing.assert_close(restored.apply(V, 0.2), first.apply(V, 0.2))
+
+
+def test_the_refresh_cost_counts_g_block_by_block():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8))
+    x, y = torch.randn(16, 4), torch.randint(0, 8, (16,))
+    optimizer = KFAC(model, lr=0.1, output_blocks=4)  # 2 blocks of 4 outputs
+
+    def closure():
+        outputs = model(x)
+        return F.cross_entropy(outputs, y), outputs
+
+    optimizer.step(closure)
+    assert optimizer.preconditioners[0].refresh_cost() == 5**3 + 8**3 / 2**2

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -89,3 +90,36 @@ def test_an_interrupt_lost_in_a_finalizer_is_delivered_again():
         deadline = time.monotonic() + 5  # a training loop that never looks at a flag
         while time.monotonic() < deadline:
             sum(range(1000))
+
+
+def test_a_repeat_of_the_signal_inside_the_hook_does_not_lose_the_interrupt(monkeypatch):
+    real_start = launch.threading.Timer.start
+
+    def start_then_repeat(self):  # the parent's next SIGTERM lands inside the hook
+        real_start(self)
+        signal.raise_signal(signal.SIGTERM)
+
+    with launch.signals_as_interrupt(), pytest.raises(KeyboardInterrupt):
+        # a SIGTERM whose KeyboardInterrupt a finalizer swallowed a moment ago
+        launch._last_raised[0], launch._last_signal[0] = time.monotonic(), signal.SIGTERM
+        monkeypatch.setattr(launch.threading.Timer, "start", start_then_repeat)
+        launch.quiet_interrupts(SimpleNamespace(exc_value=KeyboardInterrupt("signal 15")))
+        monkeypatch.setattr(launch.threading.Timer, "start", real_start)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            sum(range(1000))
+    launch._last_signal[0] = signal.SIGINT
+
+
+def test_no_signal_is_sent_again_once_the_studies_have_ended():
+    launch._last_raised[0] = -float("inf")
+    received = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
+    try:
+        launch._last_signal[0] = signal.SIGUSR1
+        launch.redeliver_signal()  # the handler is not raise_keyboard_interrupt
+        time.sleep(5 * launch.REDELIVER_S)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        launch._last_signal[0] = signal.SIGINT
+    assert received == []

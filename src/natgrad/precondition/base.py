@@ -47,11 +47,12 @@ class LayerPreconditionerBase:
         return V
 
     def refresh_cost(self) -> float:
-        """About d^3 flops per square running factor of size d (0 before any statistics)."""
+        """About d^3 flops per square running factor of size d, G's divided by its blocks
+        squared (0 before any statistics)."""
         if not self.has_factors:
             return 0.0
         return sum(
-            float(tensor.shape[0]) ** 3
+            float(tensor.shape[0]) ** 3 / (self.blocks_to_compute() ** 2 if key == "G" else 1)
             for key, tensor in self.state_dict().items()
             if key in self.FACTOR_KEYS and tensor.dim() == 2 and tensor.shape[0] == tensor.shape[1]
         )

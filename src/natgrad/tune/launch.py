@@ -143,9 +143,8 @@ def quiet_interrupts(unraisable) -> None:
     this process again shortly (so a trial running in this process still stops); any
     other unraisable exception is reported as usual."""
     if isinstance(unraisable.exc_value, KeyboardInterrupt):
-        # A hook that raises prints a traceback: a second signal arriving here (a worker's
-        # parent repeats its SIGTERM) or a start refused at interpreter shutdown is dropped;
-        # the grace is cleared first, so the next signal is raised in any case.
+        # A hook that raises prints a traceback; a start refused at interpreter shutdown
+        # is dropped (nothing is left to stop).
         with contextlib.suppress(BaseException):
             redeliver_signal()
         return
@@ -154,9 +153,18 @@ def quiet_interrupts(unraisable) -> None:
 
 def redeliver_signal() -> None:
     """Send the last signal again in REDELIVER_S, outside the finalizer that swallowed its
-    KeyboardInterrupt (its grace period is cleared: it was never raised)."""
-    _last_raised[0] = -math.inf
-    timer = threading.Timer(REDELIVER_S, os.kill, (os.getpid(), _last_signal[0]))
+    KeyboardInterrupt. The grace period is cleared only then (until then a repeat of the
+    signal, e.g. a worker's parent's SIGTERM, is ignored rather than raised inside this
+    hook and lost), and nothing is sent once :func:`raise_keyboard_interrupt` is no longer
+    the handler (the studies ended meanwhile)."""
+    signum = _last_signal[0]
+
+    def resend() -> None:
+        if signal.getsignal(signum) is raise_keyboard_interrupt:
+            _last_raised[0] = -math.inf
+            os.kill(os.getpid(), signum)
+
+    timer = threading.Timer(REDELIVER_S, resend)
     timer.daemon = True
     timer.start()
 
