@@ -123,3 +123,19 @@ def test_no_signal_is_sent_again_once_the_studies_have_ended():
         signal.signal(signal.SIGUSR1, previous)
         launch._last_signal[0] = signal.SIGINT
     assert received == []
+
+
+def test_the_signal_sent_again_reaches_a_runs_own_stop_flag():
+    launch._last_raised[0] = -float("inf")
+    received = []
+    with launch.signals_as_interrupt():
+        SignalInFinalizer()  # swallowed while the studies' handler is installed
+        # the trial's run installs its own flag before the signal comes again
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+        try:
+            deadline = time.monotonic() + 5
+            while not received and time.monotonic() < deadline:
+                sum(range(1000))
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    assert received == [signal.SIGINT]

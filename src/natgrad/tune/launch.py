@@ -123,6 +123,8 @@ def format_seconds(seconds: float) -> str:
 
 _last_raised = [-math.inf]
 _last_signal = [signal.SIGINT]
+# live scopes whose signals stop studies (signals_as_interrupt, a worker's whole life)
+_stopping_scopes = [0]
 REDELIVER_S = 0.05
 
 
@@ -155,12 +157,12 @@ def redeliver_signal() -> None:
     """Send the last signal again in REDELIVER_S, outside the finalizer that swallowed its
     KeyboardInterrupt. The grace period is cleared only then (until then a repeat of the
     signal, e.g. a worker's parent's SIGTERM, is ignored rather than raised inside this
-    hook and lost), and nothing is sent once :func:`raise_keyboard_interrupt` is no longer
-    the handler (the studies ended meanwhile)."""
+    hook and lost). It goes to whichever handler is current (a trial's run may have set
+    its own stop flag meanwhile), and is not sent once the studies have ended."""
     signum = _last_signal[0]
 
     def resend() -> None:
-        if signal.getsignal(signum) is raise_keyboard_interrupt:
+        if _stopping_scopes[0] > 0:
             _last_raised[0] = -math.inf
             os.kill(os.getpid(), signum)
 
@@ -199,6 +201,7 @@ def _worker_main(
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, raise_keyboard_interrupt)
     sys.unraisablehook = quiet_interrupts
+    _stopping_scopes[0] += 1  # for the worker's whole life
     try:
         stop_when_parent_dies(parent)
         work(url, specs, trials, objective=objective)
@@ -267,9 +270,11 @@ def signals_as_interrupt():
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {signum: signal.signal(signum, raise_keyboard_interrupt) for signum in signals}
     previous_hook, sys.unraisablehook = sys.unraisablehook, quiet_interrupts
+    _stopping_scopes[0] += 1
     try:
         yield
     finally:
+        _stopping_scopes[0] -= 1
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         sys.unraisablehook = previous_hook
