@@ -43,16 +43,18 @@ def bounds_of(decomposition: dict[str, Tensor], size: int) -> Bounds | None:
     Reads "G_blocks" once (a host sync on an accelerator): call it when installing.
     """
     blocks = decomposition.get(BLOCKS_KEY)
-    if blocks is None or int(blocks) <= 1:
+    if blocks is None or round(float(blocks)) <= 1:
         return None
-    return block_bounds(size, int(blocks))
+    return block_bounds(size, round(float(blocks)))
 
 
 def blocks_entry(bounds: Bounds, device: torch.device) -> dict[str, Tensor]:
-    """{"G_blocks": k} for more than one block, else nothing."""
+    """{"G_blocks": k} for more than one block, else nothing. A float32 scalar, like the
+    decomposition's other tensors, so that it travels in the same packed broadcast
+    between ranks (one per dtype)."""
     if len(bounds) <= 1:
         return {}
-    return {BLOCKS_KEY: torch.tensor(len(bounds), device=device)}
+    return {BLOCKS_KEY: torch.tensor(float(len(bounds)), device=device)}
 
 
 def blockwise_inverse(matrix: Tensor, bounds: Bounds, invert: Callable[[Tensor], Tensor]) -> Tensor:
