@@ -123,6 +123,10 @@ class KFAC(torch.optim.Optimizer):
         model_every: with ``adapt_step``, the model's Fisher products (and so alpha and
             mu) every ``model_every`` steps, at the steps the damping rule also runs when
             the periods agree; the steps between reuse the latest alpha and mu.
+        model_curvature: the quadratic model's Fisher products: "exact" (J^T M J u on its
+            examples, forward mode; Martens & Grosse 2015, s.6.4) or "kronecker" (each
+            layer's running Kronecker-factored curvature, block-diagonal over layers: no
+            extra pass, an approximation of the model's curvature).
         inverse: "cholesky" or "eigen" (damping can change without a new decomposition).
         adapt_damping: Levenberg-Marquardt rule every ``damping_config.interval`` steps.
         adapt_step: alpha and mu from the quadratic model with exact GGN products.
@@ -173,6 +177,7 @@ class KFAC(torch.optim.Optimizer):
         model_fraction: float = _D["model_fraction"],
         model_min_examples: int = _D["model_min_examples"],
         model_every: int = _D["model_every"],
+        model_curvature: str = _D["model_curvature"],
         inverse: str = _D["inverse"],
         adapt_damping: bool = _D["adapt_damping"],
         adapt_step: bool = _D["adapt_step"],
@@ -219,6 +224,8 @@ class KFAC(torch.optim.Optimizer):
         self.quadratic_model = QuadraticModel(
             model, self.likelihood, model_fraction, model_min_examples
         )
+        if model_curvature == "kronecker":
+            self.quadratic_model.layer_products = self.curvature.curvature_products
         self.fixed_rule = FixedStepRule(kl_clip)
         self.model_rule = QuadraticModelStepRule(self.quadratic_model)
         self.damping_rule = LevenbergMarquardtRule(damping_config)

@@ -15,6 +15,7 @@ from natgrad.curvature.kronecker import FISHER_KINDS
 from natgrad.precondition.factor_inverse import INVERSE_METHODS
 from natgrad.precondition.kinds import approximation_names, check_approximation
 
+MODEL_CURVATURES = ("exact", "kronecker")
 # The plain algorithm (Martens & Grosse 2015 without its refinements); lr has no default.
 PLAIN_DEFAULTS: dict[str, object] = {
     "momentum": 0.0,
@@ -28,6 +29,7 @@ PLAIN_DEFAULTS: dict[str, object] = {
     "model_fraction": 1.0,
     "model_min_examples": 128,
     "model_every": 1,
+    "model_curvature": "exact",
     "inverse": "cholesky",
     "adapt_damping": False,
     "adapt_step": False,
@@ -86,6 +88,8 @@ OPTION_HELP: dict[str, str] = {
     "model_min_examples": "at least this many examples for the quadratic model",
     "model_every": "steps between the quadratic model's Fisher products (int >= 1); "
     "between them alpha and mu are reused",
+    "model_curvature": "the quadratic model's Fisher products: exact (forward-mode GGN "
+    "products on its examples) | kronecker (each layer's Kronecker factors, no pass)",
     "inverse": "inverse method: " + " | ".join(INVERSE_METHODS),
     "adapt_damping": "Levenberg-Marquardt damping every 5 steps",
     "adapt_step": "alpha and mu from the quadratic model",
@@ -185,6 +189,11 @@ def check_options(options: Mapping[str, object]) -> None:
     if options["fisher"] not in FISHER_KINDS:
         raise ValueError(
             f"fisher must be one of {', '.join(FISHER_KINDS)}; got {options['fisher']!r}"
+        )
+    if options["model_curvature"] not in MODEL_CURVATURES:
+        raise ValueError(
+            f"model_curvature must be one of {', '.join(MODEL_CURVATURES)}; "
+            f"got {options['model_curvature']!r}"
         )
     if options["inverse"] not in INVERSE_METHODS:
         raise ValueError(

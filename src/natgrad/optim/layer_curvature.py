@@ -175,6 +175,14 @@ class LayerCurvature:
         ]
         return coordinator.precondition(self.preconditioners, observed, gamma)
 
+    def curvature_products(self, matrices: list[Tensor | None]) -> list[Tensor | None]:
+        """Each layer's undamped Kronecker-factored curvature applied to its matrix (None
+        where there is no matrix or no statistics yet)."""
+        return [
+            None if U is None or not p.has_factors else p.curvature_product(U)
+            for p, U in zip(self.preconditioners, matrices, strict=True)
+        ]
+
     # ------------------------------------------------------------ checkpoints
 
     def layer_states(self) -> list[dict[str, Tensor]]:

@@ -1,4 +1,5 @@
-"""The local quadratic model of K-FAC's step rules, with exact Fisher (GGN) products.
+"""The local quadratic model of K-FAC's step rules, with exact Fisher (GGN) products
+(or, with ``model_curvature="kronecker"``, the Kronecker-factored curvature's).
 
 M(d) = 1/2 d^T (F + (lambda + eta) I) d + grad^T d (Martens & Grosse 2015, s.6.4, s.7;
 docs/REFERENCES.md s.3). Directions d are combinations of a few candidate directions u_i
@@ -68,6 +69,9 @@ class QuadraticModel:
     batched_jvp: bool = True
     # the weighted mean over ranks of a per-rank Fisher Gram (identity on one process)
     reduce_mean: Callable[[Tensor, float], Tensor] | None = None
+    # model_curvature="kronecker": F u per layer from the running Kronecker factors
+    # (no forward pass; the layers' own, already averaged statistics) instead of J^T M J u
+    layer_products: Callable[[LayerMatrices], LayerMatrices] | None = None
 
     def examples(self, batch_inputs: tuple) -> tuple:
         """The model's examples: the first max(ceil(fraction * m), min_examples), at most m."""
@@ -134,21 +138,12 @@ class QuadraticModel:
         per-layer matrices.
         """
         with record_function("kfac.quadratic_model"):
-            with torch.enable_grad():
-                examples = self.examples(batch_inputs)
-                pushed, outputs = self.output_directions(flat_directions, examples)
-            curvature = fisher_output_curvature(self.likelihood, outputs, kind="exact")
-            curved = [curvature.product(jv) for jv in pushed]
-        size = len(directions)
-        fisher_gram = torch.stack(
-            [
-                torch.stack([flat_dot([pushed[i]], [curved[j]]) for j in range(size)])
-                for i in range(size)
-            ]
-        )
-        if self.reduce_mean is not None:
-            fisher_gram = self.reduce_mean(fisher_gram, outputs.shape[0])
+            if self.layer_products is not None:
+                fisher_gram = self._kronecker_gram(directions)
+            else:
+                fisher_gram = self._exact_gram(flat_directions, batch_inputs)
         fisher_gram = 0.5 * (fisher_gram + fisher_gram.T)
+        size = len(directions)
         inner = {
             (i, j): layer_dot(directions[i], directions[j])
             for i in range(size)
@@ -159,6 +154,36 @@ class QuadraticModel:
         )
         grad_dots = torch.stack([layer_dot(grads, directions[i]) for i in range(size)])
         return fisher_gram, inner_gram, grad_dots
+
+    def _exact_gram(self, flat_directions: list[list[Tensor]], batch_inputs: tuple) -> Tensor:
+        """[<J u_i, M J u_j>] on the model's examples (mean over ranks)."""
+        with torch.enable_grad():
+            examples = self.examples(batch_inputs)
+            pushed, outputs = self.output_directions(flat_directions, examples)
+        curvature = fisher_output_curvature(self.likelihood, outputs, kind="exact")
+        curved = [curvature.product(jv) for jv in pushed]
+        size = len(pushed)
+        fisher_gram = torch.stack(
+            [
+                torch.stack([flat_dot([pushed[i]], [curved[j]]) for j in range(size)])
+                for i in range(size)
+            ]
+        )
+        if self.reduce_mean is not None:
+            fisher_gram = self.reduce_mean(fisher_gram, outputs.shape[0])
+        return fisher_gram
+
+    def _kronecker_gram(self, directions: list[LayerMatrices]) -> Tensor:
+        """[sum over layers <U_i, C U_j>] with C each layer's Kronecker-factored curvature
+        (block-diagonal over layers; the factors are already averaged over ranks)."""
+        products = [self.layer_products(direction) for direction in directions]
+        size = len(directions)
+        return torch.stack(
+            [
+                torch.stack([layer_dot(directions[i], products[j]) for j in range(size)])
+                for i in range(size)
+            ]
+        )
 
 
 __all__ = ["QuadraticModel", "flat_dot", "layer_dot", "LayerMatrices"]

@@ -171,6 +171,18 @@ class DoublyFactoredPreconditioner(LayerPreconditionerBase):
             bias_update = left_product(Q_G, rotated_bias[:, None], bounds)[:, 0] * scale
         return weight_update, bias_update
 
+    def curvature_product(self, V: Tensor) -> Tensor:
+        """(G ⊗ K ⊗ Psi) on the weight entries of V and G on its bias column, with the
+        running, undamped factors (float32)."""
+        K, Psi, G = (self.factors[name] for name in FACTOR_NAMES)
+        V = V.float()
+        inputs = K.shape[0] * Psi.shape[0]
+        weight = V[:, :inputs].reshape(-1, K.shape[0], Psi.shape[0])
+        columns = [mode_products(K, Psi, G, weight).reshape(V.shape[0], -1)]
+        if V.shape[1] == inputs + 1:
+            columns.append(G @ V[:, -1:])
+        return torch.cat(columns, dim=1)
+
     def _damped_matrices(self, gamma: float) -> tuple[list[Tensor], Tensor]:
         """The installed damped K~, Psi~, G~ (float64) and the bias scale 1/(1 + lambda/delta_G)."""
         d = self.decomposition

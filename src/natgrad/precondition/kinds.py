@@ -72,6 +72,10 @@ class CurvatureKind(Protocol):
     def apply(self, V: Tensor, gamma: float) -> Tensor:
         """C(gamma)^{-1} applied to the gradient matrix ``V`` (float32, V's shape)."""
 
+    def curvature_product(self, V: Tensor) -> Tensor:
+        """The undamped Kronecker-factored curvature applied to a layer matrix ``V`` (the
+        quadratic model's ``model_curvature="kronecker"`` products)."""
+
     def to_dense(self, gamma: float) -> Tensor:
         """C(gamma) in V's row-major order (float64), consistent with :meth:`apply`."""
 

@@ -60,6 +60,10 @@ class KroneckerPreconditioner(LayerPreconditionerBase):
             return V.float()
         return precondition(self.method, self.decomposition, V, gamma, self.output_bounds)
 
+    def curvature_product(self, V: Tensor) -> Tensor:
+        """(G ⊗ A) vec V = G V A with the running, undamped factors (float32)."""
+        return self.G @ V.float() @ self.A
+
     def to_dense(self, gamma: float) -> Tensor:
         """(G + gamma/pi I) ⊗ (A + pi gamma I) as installed (float64; identity before that).
 
