@@ -89,7 +89,8 @@ OPTION_HELP: dict[str, str] = {
     "model_every": "steps between the quadratic model's Fisher products (int >= 1); "
     "between them alpha and mu are reused",
     "model_curvature": "the quadratic model's Fisher products: exact (forward-mode GGN "
-    "products on its examples) | kronecker (each layer's Kronecker factors, no pass)",
+    "products on its examples) | kronecker (each layer's Kronecker factors, no pass; "
+    "diverges on fmnist_vit, for comparison only)",
     "inverse": "inverse method: " + " | ".join(INVERSE_METHODS),
     "adapt_damping": "Levenberg-Marquardt damping every 5 steps",
     "adapt_step": "alpha and mu from the quadratic model",
