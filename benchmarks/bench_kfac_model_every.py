@@ -13,25 +13,18 @@ figures are in docs/RESULTS.md ("The quadratic model every k steps"). Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 
-from natgrad.bench.time_to_target import step_times
+from natgrad.bench.interleaved import add_race_arguments, race_from_arguments
 from natgrad.train.harness import CurveRun
 from natgrad.workloads import get_workload
-
-WORKLOADS = ("fmnist_cnn", "fmnist_vit", "fmnist_autoencoder")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", default="fmnist_vit", choices=WORKLOADS)
+    add_race_arguments(parser, "fmnist_vit", steps=600, eval_every=50, damping=0.1)
     parser.add_argument("--every", type=int, nargs="+", default=[1, 5])
-    parser.add_argument("--damping", type=float, default=0.1)
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--eval-every", type=int, default=50)
-    parser.add_argument("--eval-examples", type=int, default=5000)
     args = parser.parse_args()
     torch.set_num_threads(1)
     runs = {
@@ -45,26 +38,8 @@ def main() -> None:
         for every in args.every
     }
     print(f"{args.workload}, kfac_adaptive lambda0 {args.damping}, model_every {args.every}")
-    for step in range(1, args.steps + 1):
-        for run in runs.values():
-            if not run.done:
-                run.advance()
-        if step % args.eval_every == 0:
-            cells = []
-            for every, run in runs.items():
-                metric = (
-                    f"loss {run.curve.smoothed()[-1]:.2f}"
-                    if args.workload == "fmnist_autoencoder"
-                    else f"err {run.session.evaluate('val', args.eval_examples)['error']:.4f}"
-                )
-                cells.append(f"k={every}: {metric} t={run.curve.wall_times[-1]:.1f}s")
-            print(f"step {step}: " + " | ".join(cells), flush=True)
-    for every, run in runs.items():
-        times = step_times(run.curve.wall_times)
-        print(
-            f"k={every}: mean step {1e3 * statistics.fmean(times):.1f} ms, "
-            f"median {1e3 * statistics.median(times):.1f} ms, status {run.curve.status}"
-        )
+    named = {f"k={every}": run for every, run in runs.items()}
+    race_from_arguments(named, args)
 
 
 if __name__ == "__main__":

@@ -14,15 +14,12 @@ figures are in docs/RESULTS.md ("Output factors in blocks"). Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 
-from natgrad.bench.time_to_target import step_times
+from natgrad.bench.interleaved import add_race_arguments, race_from_arguments
 from natgrad.train.harness import CurveRun
 from natgrad.workloads import get_workload
-
-WORKLOADS = ("fmnist_cnn", "fmnist_vit", "fmnist_autoencoder")
 
 
 def build_runs(args: argparse.Namespace) -> dict[str, CurveRun]:
@@ -34,45 +31,18 @@ def build_runs(args: argparse.Namespace) -> dict[str, CurveRun]:
     return runs
 
 
-def evaluation_cells(runs: dict[str, CurveRun], args: argparse.Namespace) -> str:
-    cells = []
-    for name, run in runs.items():
-        if args.workload == "fmnist_autoencoder":
-            metric = f"loss {run.curve.smoothed()[-1]:.2f}"
-        else:
-            metric = f"err {run.session.evaluate('val', args.eval_examples)['error']:.4f}"
-        cells.append(f"{name}: {metric} t={run.curve.wall_times[-1]:.1f}s")
-    return " | ".join(cells)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", default="fmnist_cnn", choices=WORKLOADS)
+    add_race_arguments(parser, "fmnist_cnn", steps=300, eval_every=25, damping=3e-3, adam_lr=4e-3)
     parser.add_argument("--blocks", nargs="+", default=["off", "auto", "256", "128"])
-    parser.add_argument("--damping", type=float, default=3e-3)
-    parser.add_argument("--adam-lr", type=float, default=4e-3)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--eval-every", type=int, default=25)
-    parser.add_argument("--eval-examples", type=int, default=5000)
     args = parser.parse_args()
     torch.set_num_threads(1)
     runs = build_runs(args)
     print(f"{args.workload}: adam lr {args.adam_lr}, kfac damping {args.damping}")
-    for step in range(1, args.steps + 1):
-        for run in runs.values():
-            if not run.done:
-                run.advance()
-        if step % args.eval_every == 0:
-            print(f"step {step}: " + evaluation_cells(runs, args), flush=True)
+    race_from_arguments(runs, args)
     for name, run in runs.items():
-        times = step_times(run.curve.wall_times)
-        blocks = [
-            getattr(layer, "output_blocks", 1) for layer in getattr(run.optimizer, "layers", [])
-        ]
-        print(
-            f"{name}: median step {1e3 * statistics.median(times):.1f} ms, mean "
-            f"{1e3 * statistics.fmean(times):.1f} ms, status {run.curve.status}, blocks {blocks}"
-        )
+        layers = getattr(run.optimizer, "layers", [])
+        print(f"{name}: output blocks per layer {[layer.output_blocks for layer in layers]}")
 
 
 if __name__ == "__main__":

@@ -81,8 +81,9 @@ def test_a_small_layer_on_a_map_is_cheaper_to_precondition_than_to_run():
     assert doubly_factored_pays(8, 1025, (16, 64), rows=1, inv_every=1)
 
 
-def _first_step_kinds(model: nn.Module, inputs: torch.Tensor) -> list[type]:
-    optimizer = KFAC.from_preset("kfac", model)
+def _first_step(model: nn.Module, inputs: torch.Tensor, **overrides) -> KFAC:
+    """The "kfac" preset after one step on ``inputs`` (random labels of 10 classes)."""
+    optimizer = KFAC.from_preset("kfac", model, **overrides)
     targets = torch.randint(0, 10, (inputs.shape[0],))
 
     def closure():
@@ -90,7 +91,11 @@ def _first_step_kinds(model: nn.Module, inputs: torch.Tensor) -> list[type]:
         return nn.functional.cross_entropy(outputs, targets), outputs
 
     optimizer.step(closure)
-    return [type(preconditioner) for preconditioner in optimizer.preconditioners]
+    return optimizer
+
+
+def _first_step_kinds(model: nn.Module, inputs: torch.Tensor) -> list[type]:
+    return [type(p) for p in _first_step(model, inputs).preconditioners]
 
 
 def test_auto_doubly_factors_only_the_cnn_fc_layer():
@@ -121,18 +126,6 @@ def test_blocks_for_cost_splits_only_an_output_side_that_costs_more_than_the_lay
     assert blocks_for_cost(1000, 785, rows=1000) == 1  # the autoencoder's widest layers
     assert blocks_for_cost(256, 65, rows=128 * 16) == 1  # a ViT MLP layer (16 tokens)
     assert blocks_for_cost(1024, 113, rows=16) == 1024 // SMALLEST_AUTO_BLOCK  # a tiny batch
-
-
-def _first_step(model: nn.Module, inputs: torch.Tensor, **overrides) -> KFAC:
-    optimizer = KFAC.from_preset("kfac", model, **overrides)
-    targets = torch.randint(0, 10, (inputs.shape[0],))
-
-    def closure():
-        outputs = model(inputs)
-        return nn.functional.cross_entropy(outputs, targets), outputs
-
-    optimizer.step(closure)
-    return optimizer
 
 
 def test_the_kfac_preset_blocks_only_the_cnn_fc_output_factor():

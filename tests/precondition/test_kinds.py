@@ -56,11 +56,15 @@ def _conv():
     return model, model[0], x, torch.randint(0, 12, (N,)), {}
 
 
+def _one_linear(seed: int, inputs: int, outputs: int, options: dict):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(inputs, outputs))
+    x = torch.randn(N, inputs)
+    return model, model[0], x, torch.randint(0, outputs, (N,)), options
+
+
 def _weight_decay():
-    torch.manual_seed(2)
-    model = nn.Sequential(nn.Linear(5, 4))
-    x = torch.randn(N, 5)
-    return model, model[0], x, torch.randint(0, 4, (N,)), {"weight_decay": 0.1}
+    return _one_linear(2, 5, 4, {"weight_decay": 0.1})
 
 
 def _flattened_map():
@@ -78,10 +82,7 @@ def _conv_doubly():
 
 
 def _output_blocks():
-    torch.manual_seed(5)
-    model = nn.Sequential(nn.Linear(4, 6))
-    x = torch.randn(N, 4)
-    return model, model[0], x, torch.randint(0, 6, (N,)), {"output_blocks": 4}
+    return _one_linear(5, 4, 6, {"output_blocks": 4})
 
 
 def _flattened_map_output_blocks():

@@ -26,17 +26,11 @@ import torch
 from torch import Tensor
 
 from natgrad.curvature.doubly_factored import DoublyFactoredFactors
+from natgrad.precondition import output_blocks as blocks
 from natgrad.precondition.base import LayerPreconditionerBase, eigen_matrix
 from natgrad.precondition.damping import add_to_diagonal
 from natgrad.precondition.factor_inverse import damped_inverse, symmetric_eigen, symmetric_inverse
-from natgrad.precondition.output_blocks import (
-    Bounds,
-    block_bounds,
-    blocks_entry,
-    blockwise_eigen,
-    blockwise_inverse,
-    left_product,
-)
+from natgrad.precondition.output_blocks import Bounds, left_product
 
 FACTOR_NAMES = ("K", "Psi", "G")
 _TINY_TRACE = 1e-12
@@ -110,20 +104,20 @@ class DoublyFactoredPreconditioner(LayerPreconditionerBase):
         if self.factors is None:
             raise RuntimeError("no factors yet: call update_factors() before refreshing")
         matrices = [self.factors[name] for name in FACTOR_NAMES]
-        bounds = block_bounds(matrices[2].shape[0], self.blocks_to_compute())
+        bounds = blocks.block_bounds(matrices[2].shape[0], self.blocks_to_compute())
         block_sets = ((), (), bounds)  # only G is blocked
-        decomposition = blocks_entry(bounds, matrices[2].device)
+        decomposition = blocks.blocks_entry(bounds, matrices[2].device)
         if self.method == "eigen":
-            for name, matrix, blocks in zip(FACTOR_NAMES, matrices, block_sets, strict=True):
-                values, vectors = blockwise_eigen(matrix, blocks, symmetric_eigen)
+            for name, matrix, own in zip(FACTOR_NAMES, matrices, block_sets, strict=True):
+                values, vectors = blocks.blockwise_eigen(matrix, own, symmetric_eigen)
                 decomposition[name + "_eigvals"], decomposition[name + "_eigvecs"] = values, vectors
             return decomposition
         dampings = self._dampings(matrices, gamma)
-        for name, matrix, damping, blocks in zip(
+        for name, matrix, damping, own in zip(
             FACTOR_NAMES, matrices, dampings, block_sets, strict=True
         ):
             damped = add_to_diagonal(matrix, damping)
-            decomposition[name + "_inv"] = blockwise_inverse(damped, blocks, symmetric_inverse)
+            decomposition[name + "_inv"] = blocks.blockwise_inverse(damped, own, symmetric_inverse)
         decomposition["bias_scale"] = bias_damping_scale(gamma, dampings[2])
         return decomposition
 
