@@ -75,3 +75,8 @@ def test_kronecker_products_need_no_forward_of_their_own(curvature, forwards):
 def test_a_bad_model_curvature_is_one_value_error():
     with pytest.raises(ValueError, match="model_curvature must be one of exact, kronecker"):
         KFAC(nn.Linear(3, 2), lr=0.1, model_curvature="dense")
+
+
+def test_kronecker_products_without_a_quadratic_model_are_said():
+    with pytest.warns(UserWarning, match="model_curvature='kronecker' has no effect"):
+        KFAC(nn.Linear(3, 2), lr=0.1, model_curvature="kronecker")

@@ -80,3 +80,8 @@ def test_the_refresh_cost_counts_g_block_by_block():
 
     optimizer.step(closure)
     assert optimizer.preconditioners[0].refresh_cost() == 5**3 + 8**3 / 2**2
+
+
+def test_a_number_of_outputs_with_a_kind_that_keeps_g_whole_is_said():
+    with pytest.warns(UserWarning, match="does not apply to approximation 'ekfac'"):
+        KFAC(nn.Sequential(nn.Linear(4, 6)), lr=0.1, approximation="ekfac", output_blocks=4)

@@ -59,6 +59,7 @@ from natgrad.optim.kfac_config import (
     doubly_factored_pays,
     output_block_choice,
     preset_options,
+    unused_options,
 )
 from natgrad.optim.kfac_step_rules import (
     DampingConfig,
@@ -202,6 +203,8 @@ class KFAC(torch.optim.Optimizer):
             )
         options = {name: value for name, value in locals().items() if name in _D or name == "lr"}
         check_options(options)
+        for note in unused_options(options):
+            warnings.warn(f"KFAC: {note}", UserWarning, stacklevel=2)
         self.likelihood = get_likelihood(likelihood)
         self.model = model
         self.fisher, self.inverse_method = fisher, inverse

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from natgrad.curvature.capture import SHARING_MODES
 from natgrad.curvature.kronecker import FISHER_KINDS
 from natgrad.precondition.factor_inverse import INVERSE_METHODS
-from natgrad.precondition.kinds import approximation_names, check_approximation
+from natgrad.precondition.kinds import CURVATURE_KINDS, approximation_names, check_approximation
 
 MODEL_CURVATURES = ("exact", "kronecker")
 # The plain algorithm (Martens & Grosse 2015 without its refinements); lr has no default.
@@ -248,6 +248,26 @@ def check_doubly_factored(value) -> None:
         )
 
 
+def unused_options(options: Mapping[str, object]) -> list[str]:
+    """One line per option that was set but has no effect with the others (none when
+    every option takes effect)."""
+    notes = []
+    blocks_kind = CURVATURE_KINDS.lookup(options["approximation"]).BLOCKS_OUTPUTS
+    if isinstance(output_block_choice(options["output_blocks"]), int) and not blocks_kind:
+        notes.append(
+            f"output_blocks={options['output_blocks']!r} does not apply to approximation "
+            f"{options['approximation']!r}, which keeps G whole (only doubly-factored layers "
+            "are blocked)"
+        )
+    uses_model = options["adapt_step"] or options["adapt_damping"]
+    if options["model_curvature"] != "exact" and not uses_model:
+        notes.append(
+            f"model_curvature={options['model_curvature']!r} has no effect without "
+            "adapt_step or adapt_damping (no quadratic model is taken)"
+        )
+    return notes
+
+
 def output_block_choice(value) -> str | int:
     """ "off", "auto", or the most outputs per block (an int >= 1, or its digits as text,
     as the command line gives it); else ValueError."""
@@ -277,6 +297,7 @@ __all__ = [
     "OPTION_HELP",
     "doubly_factored_pays",
     "output_block_choice",
+    "unused_options",
     "preset_options",
     "check_options",
 ]
