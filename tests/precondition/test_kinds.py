@@ -85,6 +85,11 @@ def _output_blocks():
     return _one_linear(5, 4, 6, {"output_blocks": 4})
 
 
+def _conv_output_blocks_weight_decay():
+    model, layer, x, y, _ = _conv()
+    return model, layer, x, y, {"output_blocks": 2, "weight_decay": 0.1}
+
+
 def _flattened_map_output_blocks():
     torch.manual_seed(6)
     model = nn.Sequential(nn.Flatten(), nn.Linear(6, 5))
@@ -98,6 +103,7 @@ KRONECKER_PATTERNS = {
     "conv2d": _conv,
     "weight_decay": _weight_decay,
     "output_blocks": _output_blocks,
+    "conv2d_output_blocks": _conv_output_blocks_weight_decay,
 }
 DOUBLY_PATTERNS = {
     "flattened_map": _flattened_map,
@@ -109,6 +115,7 @@ DOUBLY_PATTERNS = {
 # output_blocks outputs, contiguous and of sizes differing by at most one
 PARTITIONS = {
     ("kronecker", "output_blocks"): ((0, 3), (3, 6)),  # 6 outputs, at most 4 per block
+    ("kronecker", "conv2d_output_blocks"): ((0, 2), (2, 3)),  # 3 channels, at most 2
     ("doubly_factored", "output_blocks"): ((0, 2), (2, 4), (4, 5)),  # 5 outputs, at most 2
 }
 
